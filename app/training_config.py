@@ -1,0 +1,132 @@
+"""The training config: one pydantic model mirroring the spec's JSON (model, lora, training, dataset, save).
+
+It validates API input, documents the OpenAPI page and drives the worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EMBEDDED_MODEL = "embedded:gemma-3-270m"
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _relative_inside_run(value: str) -> str:
+    path = PurePosixPath(value.replace("\\", "/"))
+    if not value.strip() or path.is_absolute() or ".." in path.parts or "\x00" in value:
+        raise ValueError("must be a relative path inside the job's run folder (no '..', not absolute)")
+    return value
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(_Section):
+    name: str = Field(
+        default=EMBEDDED_MODEL,
+        min_length=1,
+        description=(
+            f"`{EMBEDDED_MODEL}` (bundled, no hub needed), a local model folder "
+            "(absolute, or relative to the project), or a hub id the worker already has cached."
+        ),
+        examples=[EMBEDDED_MODEL, "unsloth/gemma-3-4b-it"],
+    )
+    max_seq_length: int = Field(default=2048, ge=16, le=131072, description="Longer examples are truncated.")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="null: bfloat16 where the GPU has it, float16 on older GPUs, float32 on a CPU.",
+    )
+    load_in_4bit: bool = Field(default=True, description="QLoRA: base weights in 4 bits (CUDA only).")
+
+
+class LoraSection(_Section):
+    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank (8, 16, 32, 64, 128).")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(ALL_PROJECTIONS), min_length=1, description="Modules that get adapters."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases train.")
+    use_gradient_checkpointing: bool | Literal["unsloth"] = Field(
+        default="unsloth", description='"unsloth" (offloaded, Unsloth only), true or false.'
+    )
+    finetune_vision_layers: bool = Field(default=False, description="Vision tower (multimodal models).")
+    finetune_language_layers: bool = Field(default=True, description="Language layers.")
+    finetune_attention_modules: bool = Field(default=True, description="Attention projections.")
+    finetune_mlp_modules: bool = Field(default=True, description="MLP projections.")
+
+
+class TrainingSection(_Section):
+    per_device_train_batch_size: int = Field(default=2, ge=1, le=4096, description="Examples per device step.")
+    gradient_accumulation_steps: int = Field(default=4, ge=1, le=4096, description="Steps per optimizer step.")
+    warmup_steps: int = Field(default=5, ge=0, description="Linear warm-up, in optimizer steps.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps; null trains num_train_epochs."
+    )
+    num_train_epochs: float = Field(default=3, gt=0, le=1000, description="Passes over the data.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = Field(default="linear", description="Learning-rate schedule.")
+    optim: str = Field(
+        default="adamw_8bit",
+        description="A transformers optimizer name; 8-bit optimizers fall back to adamw_torch without CUDA.",
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    logging_steps: int = Field(default=1, ge=1, description="Report loss every this many steps.")
+    seed: int = Field(default=3407, description="Seed for LoRA init, shuffling and dropout.")
+    output_dir: str = Field(default="outputs", description="Trainer scratch folder, inside the job's run folder.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_inside(cls, value: str) -> str:
+        return _relative_inside_run(value)
+
+
+class DatasetSection(_Section):
+    path: str = Field(
+        default="data/splits/train.jsonl",
+        min_length=1,
+        description="ShareGPT JSONL, relative to the project directory.",
+    )
+    text_field: str = Field(default="text", description="Column the templated text is written to.")
+    chat_template: Literal["gemma-3"] = Field(default="gemma-3", description="Chat template for the turns.")
+
+
+class SaveSection(_Section):
+    lora_path: str = Field(default="models/checkpoints/lora", description="LoRA adapters, in the run folder.")
+    merged_path: str | None = Field(
+        default="models/checkpoints/merged", description="Merged 16-bit model, in the run folder; null skips."
+    )
+    gguf_path: str | None = Field(default="models/quantized", description="GGUF folder, in the run folder; null skips.")
+    gguf_quantization: Literal["Q8_0", "f16", "bf16"] = Field(default="Q8_0", description="GGUF type.")
+
+    @field_validator("lora_path", "merged_path", "gguf_path")
+    @classmethod
+    def _inside_run_folder(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_inside_run(value)
+
+
+class TrainingConfig(_Section):
+    """A fine-tuning job, in the shape of the spec's training-config.json."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    save: SaveSection = Field(default_factory=SaveSection)
+    backend: Literal["auto", "unsloth", "transformers"] = Field(
+        default="auto",
+        description="auto: Unsloth where CUDA and the `gpu` extra are present, else transformers + PEFT.",
+    )
+
+    @model_validator(mode="after")
+    def _some_layers_train(self) -> TrainingConfig:
+        if not (self.lora.finetune_attention_modules or self.lora.finetune_mlp_modules):
+            raise ValueError("lora: at least one of finetune_attention_modules, finetune_mlp_modules must be true")
+        return self

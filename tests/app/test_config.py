@@ -1,0 +1,40 @@
+"""The training config mirrors the spec's JSON: its defaults and its checks."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.training_config import EMBEDDED_MODEL, TrainingConfig
+from tests.app.test_api import SPEC_CONFIG
+
+
+def test_defaults_are_the_specs_standard_config() -> None:
+    defaults = TrainingConfig().model_dump(mode="json")
+    expected = SPEC_CONFIG | {"backend": "auto"}
+    assert defaults == expected
+    assert defaults["model"]["name"] == EMBEDDED_MODEL
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"lora": {"target_modules": []}}, ("lora", "target_modules")),
+        ({"training": {"max_steps": 0}}, ("training", "max_steps")),
+        ({"training": {"output_dir": "/tmp/x"}}, ("training", "output_dir")),
+        ({"save": {"gguf_path": "a/../../b"}}, ("save", "gguf_path")),
+        ({"save": {"gguf_quantization": "Q2_K"}}, ("save", "gguf_quantization")),
+        ({"backend": "jax"}, ("backend",)),
+        ({"dataset": {"chat_template": "vicuna"}}, ("dataset", "chat_template")),
+        ({"unknown": 1}, ("unknown",)),
+    ],
+)
+def test_bad_values_are_named(patch: dict, where: tuple[str, ...]) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingConfig.model_validate(patch)
+    assert [tuple(e["loc"]) for e in info.value.errors()] == [where]
+
+
+def test_some_modules_must_train() -> None:
+    with pytest.raises(ValidationError, match="at least one of"):
+        TrainingConfig.model_validate({"lora": {"finetune_attention_modules": False, "finetune_mlp_modules": False}})

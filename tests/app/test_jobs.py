@@ -1,0 +1,60 @@
+"""Job state changes: guarded, exclusive, terminal states final, lost workers noticed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from app import jobs
+from app.core.config import Settings
+from app.core.db import Database
+from app.models import JobPhase, JobStatus, utcnow
+from app.training_config import TrainingConfig
+
+
+def test_claim_runs_oldest_first_and_only_once(settings: Settings) -> None:
+    db = Database(settings)
+    with db.session() as s:
+        first = jobs.create(s, TrainingConfig())
+        second = jobs.create(s, TrainingConfig())
+        a = jobs.claim_next(s, "worker-a", 60)
+        b = jobs.claim_next(s, "worker-b", 60)
+        assert jobs.claim_next(s, "worker-c", 60) is None
+    assert a is not None and b is not None
+    assert (a.id, a.worker_id, a.attempt, a.status) == (first.id, "worker-a", 1, JobStatus.running)
+    assert (b.id, b.worker_id) == (second.id, "worker-b")
+
+
+def test_only_the_owner_writes_and_terminal_states_are_final(settings: Settings) -> None:
+    db = Database(settings)
+    with db.session() as s:
+        jobs.create(s, TrainingConfig())
+        job = jobs.claim_next(s, "worker-a", 60)
+        assert job is not None
+        impostor = job.model_copy(update={"worker_id": "worker-b"})
+        assert not jobs.record_progress(s, impostor, step=3)
+        assert jobs.record_progress(s, job, step=2, phase=JobPhase.training)
+        assert jobs.finish(s, job, JobStatus.succeeded, result={"steps": 2})
+        # Nothing moves a finished job again: not a late progress write, not another finish.
+        assert not jobs.record_progress(s, job, step=9)
+        assert not jobs.finish(s, job, JobStatus.failed, error_code="x", error_message="y")
+        assert jobs.renew_lease(s, job, 60) is None
+        final = jobs.get(s, job.id)
+    assert (final.status, final.step, final.phase, final.error_code) == (
+        JobStatus.succeeded,
+        2,
+        JobPhase.done,
+        None,
+    )
+
+
+def test_expired_lease_fails_the_job_as_worker_lost(settings: Settings) -> None:
+    db = Database(settings)
+    with db.session() as s:
+        jobs.create(s, TrainingConfig())
+        job = jobs.claim_next(s, "worker-a", 60)
+        assert job is not None
+        assert jobs.expire_lost(s) == []
+        assert jobs.expire_lost(s, now=utcnow() + timedelta(seconds=61)) == [job.id]
+        lost = jobs.get(s, job.id)
+        assert (lost.status, lost.error_code) == (JobStatus.failed, "worker_lost")
+        assert not jobs.record_progress(s, job, step=1)  # the old worker's writes no longer land

@@ -1,0 +1,175 @@
+"""Shared fixtures: a tiny random-weight Gemma 3 with the real tokenizer, projects, and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.demo_data import write_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FORGE_CACHE_DIR", Path.home() / ".cache" / "forge-trainer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    from worker import embedded
+
+    return embedded.tokenizer_dir(cache_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A 2-layer Gemma 3 text model with random weights and the real 262k-token tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    write_splits(root / "data", sizes=(48, 8, 8))
+    return root
+
+
+@pytest.fixture
+def settings(project: Path) -> Settings:
+    return Settings(project_dir=project, cache_dir=cache_dir(), api_token=None)
+
+
+def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:
+    """A config in the spec's shape for the tiny model: fast, no merged/GGUF export."""
+    return {
+        "model": {"name": str(model_dir), "max_seq_length": 256},
+        "lora": {"r": 4, "lora_alpha": 8, "use_gradient_checkpointing": False},
+        "training": {
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 0,
+            "max_steps": 4,
+            "learning_rate": 5e-3,
+            **training,
+        },
+        "save": {"merged_path": None, "gguf_path": None},
+        "backend": "transformers",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_env(project: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FORGE_PROJECT_DIR=str(project),
+        FORGE_CACHE_DIR=str(cache_dir()),
+        FORGE_WORKER_POLL_SECONDS="0.2",
+        FORGE_HEARTBEAT_SECONDS="0.5",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+    )
+    env.pop("FORGE_API_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Real API and worker processes for one test; all stopped at the end."""
+
+    def __init__(self, project: Path, logs: Path) -> None:
+        self.project = project
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def api(self, **env: str) -> str:
+        port = free_port()
+        self._spawn(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:app_factory", "--port", str(port)],
+            "api",
+            process_env(self.project, **env),
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the API did not start:\n{self.log_text()}")
+
+    def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        return self._spawn([sys.executable, "-m", "worker", *args], "worker", process_env(self.project, **env))
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def log_text(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.logs.iterdir()))
+
+
+@pytest.fixture
+def processes(project: Path, tmp_path: Path) -> Iterator[Processes]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = Processes(project, logs)
+    yield procs
+    procs.stop_all()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,106 @@
+"""Cancel, crashes and lost workers, with real processes: a job never stays `running` once nobody runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Processes, tiny_config, wait_for
+
+
+def _job(client: httpx.Client, job_id: str) -> dict:
+    return client.get(f"/api/training/jobs/{job_id}").json()
+
+
+def test_cancel_stops_within_a_step_and_the_worker_goes_on(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    base = processes.api()
+    worker = processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    long_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
+    next_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
+
+    wait_for(lambda: _job(client, long_id)["step"] >= 3, 180, "the long job to train a few steps")
+    response = client.post("/api/training/cancel")
+    assert response.status_code == 200 and response.json()["id"] == long_id
+    asked_at_step = response.json()["step"]
+    assert response.json()["cancel_requested"] is True
+
+    wait_for(lambda: _job(client, long_id)["status"] == "cancelled", 60, "the job to stop")
+    job = _job(client, long_id)
+    assert job["error"] is None and job["finished_at"] is not None
+    # Stopped promptly: within the heartbeat plus a step or two, not thousands of steps later.
+    assert job["step"] - asked_at_step < 50, (asked_at_step, job["step"])
+
+    # The same worker takes the next job; the cancelled job stays cancelled.
+    wait_for(lambda: _job(client, next_id)["status"] == "succeeded", 180, "the next job", interval=0.5)
+    assert worker.poll() is None
+    assert _job(client, long_id)["status"] == "cancelled"
+    assert client.post(f"/api/training/jobs/{next_id}/cancel").status_code == 409
+
+
+def test_killed_training_process_fails_the_job_not_the_worker(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    base = processes.api()
+    worker = processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
+    wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
+
+    # The training child is the worker's only child process; kill it as the OOM killer would.
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert children, "the worker runs training in a child process"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+
+    wait_for(lambda: _job(client, job_id)["status"] == "failed", 60, "the job to be marked failed")
+    job = _job(client, job_id)
+    assert job["error"]["code"] == "worker_crashed" and "exit code -9" in job["error"]["message"]
+    status = client.get("/api/training").json()
+    assert status["running"] is False and status["error"] == job["error"]["message"]
+    assert json.loads((project / ".factory" / "training-status.json").read_text())["error_code"] == "worker_crashed"
+
+    # The worker survived and trains the next job.
+    next_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
+    wait_for(lambda: _job(client, next_id)["status"] == "succeeded", 180, "the next job", interval=0.5)
+    assert worker.poll() is None
+
+
+def test_killed_worker_is_noticed_through_its_lease(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
+    lease = {"FORGE_LEASE_SECONDS": "3"}
+    base = processes.api(**lease)
+    first = processes.worker(**lease)
+    client = httpx.Client(base_url=base, timeout=10)
+    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
+    wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
+
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its training child, as a lost machine would
+    first.wait()
+    assert _job(client, job_id)["status"] == "running"  # nobody has noticed yet
+
+    # No worker is left; the API notices the lease running out on its own.
+    killed_at = time.monotonic()
+    wait_for(lambda: _job(client, job_id)["status"] == "failed", 60, "the lost job to be failed")
+    assert time.monotonic() - killed_at < 30
+    assert _job(client, job_id)["error"]["code"] == "worker_lost"
+
+
+def test_bad_dataset_fails_with_the_line_at_fault(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    bad = project / "data" / "splits" / "broken.jsonl"
+    bad.write_text('{"conversations": [{"role": "user", "content": "hi"}]}\n')
+    config = tiny_config(tiny_model_dir) | {"dataset": {"path": "data/splits/broken.jsonl"}}
+    job_id = client.post("/api/training", json=config).json()["id"]
+    wait_for(lambda: _job(client, job_id)["status"] == "failed", 120, "the job to fail")
+    error = _job(client, job_id)["error"]
+    assert error["code"] == "dataset_invalid"
+    assert "broken.jsonl:1: no assistant turn" in error["message"]

@@ -1,0 +1,55 @@
+"""The real embedded Gemma 3 270M, trained for a few steps by the real service (slow: minutes on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import Processes, cache_dir, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_trains_saves_and_answers(processes: Processes, project: Path) -> None:
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    config = {
+        "model": {"name": "embedded:gemma-3-270m", "max_seq_length": 256},
+        "lora": {"use_gradient_checkpointing": False},
+        "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 4},
+        "save": {"gguf_path": None},
+    }
+    job_id = client.post("/api/training", json=config).json()["id"]
+    wait_for(
+        lambda: client.get(f"/api/training/jobs/{job_id}").json()["status"] not in ("queued", "running"),
+        900,
+        "the embedded-model job",
+        interval=1.0,
+    )
+    job = client.get(f"/api/training/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    assert job["step"] == 4 and job["loss"] is not None and job["result"]["exports"]["merged"]
+
+    from worker import embedded
+
+    base_dir = embedded.model_dir(cache_dir())
+    run = project / "runs" / job_id / "models" / "checkpoints"
+    lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), run / "lora")
+    assert lora.peft_config["default"].r == 8
+
+    # The merged model loads on its own and still answers like Gemma 3 270M.
+    tokenizer = AutoTokenizer.from_pretrained(run / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
+    inputs = tokenizer("Question: What is 5 + 3?\nAnswer:", return_tensors="pt")
+    output = merged.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "8" in answer, answer
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False).startswith(
+        "<bos><start_of_turn>user\nHi<end_of_turn>"
+    )

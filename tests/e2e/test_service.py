@@ -1,0 +1,79 @@
+"""The service end to end: real uvicorn, a real worker process, real training of a tiny Gemma 3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import Processes, tiny_config, wait_for
+
+
+def test_submit_train_poll_and_download(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+
+    idle = client.get("/api/training").json()
+    assert idle["running"] is False and idle["step"] == 0 and idle["job_id"] is None
+
+    created = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=12, logging_steps=1))
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert created.json()["status"] == "queued"
+
+    # Poll as TrainingProgress.tsx does; record every distinct (step, loss) seen.
+    seen: list[dict] = []
+
+    def finished() -> bool:
+        status = client.get("/api/training").json()
+        if not seen or (status["step"], status["loss"]) != (seen[-1]["step"], seen[-1]["loss"]):
+            seen.append(status)
+        return status["status"] in ("succeeded", "failed", "cancelled")
+
+    wait_for(finished, 240, "the job to finish", interval=0.1)
+    final = client.get(f"/api/training/jobs/{job_id}").json()
+    assert final["status"] == "succeeded", (final["error"], processes.log_text())
+
+    running = [s for s in seen if s["running"]]
+    steps = [s["step"] for s in running]
+    assert any(0 < s < 12 for s in steps), f"never saw a step in progress: {steps}"
+    assert steps == sorted(steps)
+    losses = {s["loss"] for s in seen if s["loss"] is not None}
+    assert len(losses) >= 2, "loss never changed while polling"
+    assert all(s["total_steps"] in (0, 12) for s in seen)
+
+    status = client.get("/api/training").json()
+    assert status["running"] is False and status["step"] == 12 and status["total_steps"] == 12
+    assert status["job_id"] == job_id and status["error"] is None and status["eta_seconds"] == 0
+    # The status file holds the same flat object as the API.
+    on_disk = json.loads((project / ".factory" / "training-status.json").read_text())
+    assert on_disk == status
+
+    assert final["backend"] == "transformers" and final["attempt"] == 1
+    assert final["result"]["steps"] == 12 and final["result"]["data"]["examples"] == 48
+
+    # Artifacts: the spec's layout, listed with sha256, downloadable, and a LoRA that PEFT loads.
+    listing = client.get(f"/api/training/jobs/{job_id}/artifacts").json()["items"]
+    names = {a["name"]: a for a in listing}
+    for name, kind in [
+        ("models/checkpoints/lora/adapter_config.json", "lora"),
+        ("models/checkpoints/lora/adapter_model.safetensors", "lora"),
+        ("logs/training.log", "log"),
+        ("metrics/training-stats.json", "metrics"),
+    ]:
+        assert names[name]["kind"] == kind
+    weights = names["models/checkpoints/lora/adapter_model.safetensors"]
+    body = client.get(f"/api/training/jobs/{job_id}/artifacts/{weights['name']}").content
+    assert len(body) == weights["bytes"] and hashlib.sha256(body).hexdigest() == weights["sha256"]
+
+    lora_dir = project / "runs" / job_id / "models" / "checkpoints" / "lora"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_dir)
+    assert model.peft_config["default"].r == 4
+
+    log_text = (project / "runs" / job_id / "logs" / "training.log").read_text()
+    assert "phase: training" in log_text and '"loss"' in log_text

@@ -1,0 +1,61 @@
+"""Training backends behind one small interface; nothing outside this package asks which one runs.
+
+`select` must run before anything imports transformers: Unsloth patches it on import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Protocol
+
+from app.training_config import TrainingConfig
+
+
+class BackendUnavailable(RuntimeError):
+    code = "backend_unavailable"
+
+
+class Backend(Protocol):
+    name: str
+
+    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
+        """Base model and tokenizer (with the chat template set)."""
+        ...
+
+    def attach_lora(self, model: Any, config: TrainingConfig) -> Any: ...
+
+    def prepare_data(self, tokenizer: Any, conversations: list[list[dict[str, str]]], config: TrainingConfig) -> Any:
+        """A datasets.Dataset the trainer below accepts; `.info.description` is unused."""
+        ...
+
+    def make_trainer(self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any]) -> Any: ...
+
+    def save_lora(self, model: Any, tokenizer: Any, path: str) -> None: ...
+
+    def save_merged(self, model: Any, tokenizer: Any, path: str, model_path: str, lora_path: str) -> None: ...
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def select(name: str) -> Backend:
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if name == "unsloth" or (name == "auto" and has_unsloth):
+        if not has_unsloth:
+            raise BackendUnavailable(
+                "backend 'unsloth' needs the `gpu` extra on the worker (pip install 'forge-trainer[gpu]'); "
+                "use backend 'auto' or 'transformers' to train without it"
+            )
+        if not _cuda():
+            if name == "unsloth":
+                raise BackendUnavailable("backend 'unsloth' needs a CUDA GPU and this worker has none")
+        else:
+            from worker.backends.unsloth_backend import UnslothBackend
+
+            return UnslothBackend()
+    from worker.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend()

@@ -1,0 +1,105 @@
+"""transformers + PEFT + TRL: the backend for CPUs, and for GPUs without Unsloth."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTTrainer
+
+from app.training_config import TrainingConfig
+from worker.backends.common import compute_dtype, target_modules, token_stats
+from worker.chat_templates import TEMPLATES, TURN_MARKERS
+from worker.data import DataError, tokenize_with_mask
+
+log = logging.getLogger("forge.worker")
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self) -> None:
+        self.data_stats: dict[str, Any] = {}
+
+    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
+        dtype = compute_dtype(config)
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        self.quantized = False
+        if config.model.load_in_4bit:
+            if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=dtype,
+                )
+                self.quantized = True
+            else:
+                log.info("load_in_4bit needs CUDA and bitsandbytes; loading %s in %s instead", model_path, dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer.chat_template = TEMPLATES[config.dataset.chat_template]
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+    def attach_lora(self, model: Any, config: TrainingConfig) -> Any:
+        lora = config.lora
+        checkpointing = lora.use_gradient_checkpointing is not False
+        if self.quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        elif checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(config.training.seed)
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
+            target_modules=target_modules(config),
+            bias=lora.bias,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, peft_config)
+
+    def prepare_data(self, tokenizer: Any, conversations: list[list[dict[str, str]]], config: TrainingConfig) -> Any:
+        markers = TURN_MARKERS[config.dataset.chat_template]
+        rows, dropped = [], 0
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
+            row = tokenize_with_mask(tokenizer, text, max_length=config.model.max_seq_length, **markers)
+            if all(label == -100 for label in row["labels"]):
+                dropped += 1  # truncation left no answer to learn from
+                continue
+            rows.append(row)
+        if not rows:
+            raise DataError(
+                f"no example keeps an assistant token within model.max_seq_length={config.model.max_seq_length}; "
+                "raise max_seq_length or shorten the prompts"
+            )
+        self.data_stats = token_stats(rows, dropped)
+        return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+    def make_trainer(self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any]) -> Any:
+        return SFTTrainer(
+            model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=callbacks
+        )
+
+    def save_lora(self, model: Any, tokenizer: Any, path: str) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    def save_merged(self, model: Any, tokenizer: Any, path: str, model_path: str, lora_path: str) -> None:
+        # Merge into a fresh 16-bit copy of the base: merging into 4-bit weights would round them.
+        dtype = torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, lora_path).merge_and_unload()
+        merged.save_pretrained(path)
+        tokenizer.save_pretrained(path)

@@ -1,0 +1,190 @@
+"""The worker process: claim a job, run it in a child process, mirror its progress to the database and the
+status file, pass on cancel requests, and never leave a job `running` once it has stopped working on it."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+
+from app import jobs
+from app import status as training_status
+from app.core.config import Settings
+from app.core.db import Database
+from app.models import Job, JobPhase, JobStatus, utcnow
+from worker.runner import JobSpec, child_main
+
+log = logging.getLogger("forge.worker")
+
+PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
+
+
+class Worker:
+    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stopping = False
+        self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("received %s; stopping after the current step", signal.Signals(signum).name)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
+        done = 0
+        while not self.stopping and (max_jobs is None or done < max_jobs):
+            with self.db.session() as session:
+                for job_id in jobs.expire_lost(session):
+                    log.warning("job %s lost its worker; marked failed (worker_lost)", job_id)
+                job = jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+            if job is None:
+                if exit_when_idle:
+                    break
+                time.sleep(self.settings.worker_poll_seconds)
+                continue
+            self.run_job(job)
+            done += 1
+        self.db.dispose()
+        return done
+
+    # -- one job --------------------------------------------------------------------------------------
+    def run_job(self, job: Job) -> None:
+        run_dir = self.settings.runs_dir / job.id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("job %s: claimed (attempt %d)", job.id, job.attempt)
+        self._write_status()
+        spec = JobSpec(
+            job_id=job.id,
+            config=job.config,
+            run_dir=str(run_dir),
+            project_dir=str(self.settings.resolved_project_dir),
+            cache_dir=str(self.settings.cache_dir),
+        )
+        parent_conn, child_conn = self.context.Pipe(duplex=False)
+        stop_event = self.context.Event()
+        child = self.context.Process(target=child_main, args=(spec, child_conn, stop_event), daemon=True)
+        child.start()
+        child_conn.close()
+        outcome = self._supervise(job, child, parent_conn, stop_event)
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        self._finish(job, outcome, child.exitcode)
+
+    def _supervise(self, job: Job, child: Any, conn: Any, stop_event: Any) -> dict[str, Any] | None:
+        pending: dict[str, Any] = {}
+        last_flush = 0.0
+        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+        stop_asked_at: float | None = None
+        reason = ""
+        while True:
+            if conn.poll(0.2):
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    break
+                kind = message.pop("type")
+                if kind in ("succeeded", "failed", "stopped"):
+                    self._flush(job, pending)
+                    return {"type": kind, "reason": reason, **message}
+                if kind == "progress":
+                    pending.update({k: v for k, v in message.items() if v is not None})
+                elif kind == "phase":
+                    pending["phase"] = JobPhase(message["phase"])
+                    self._flush(job, pending)
+                    last_flush = time.monotonic()
+                elif kind == "backend":
+                    pending["backend"] = message["backend"]
+                elif kind == "checkpoint":
+                    pending["checkpoint_at"] = utcnow()
+            elif not child.is_alive():
+                break
+            now = time.monotonic()
+            if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
+                self._flush(job, pending)
+                last_flush = now
+            if now >= next_heartbeat:
+                next_heartbeat = now + self.settings.heartbeat_seconds
+                with self.db.session() as session:
+                    cancel = jobs.renew_lease(session, job, self.settings.lease_seconds)
+                if cancel is None:
+                    log.warning("job %s is no longer ours; stopping it", job.id)
+                    reason = reason or "lost"
+                elif cancel:
+                    reason = reason or "cancel"
+            if self.stopping and not reason:
+                reason = "shutdown"
+            if reason and stop_asked_at is None:
+                log.info("job %s: asking the trainer to stop (%s)", job.id, reason)
+                stop_event.set()
+                stop_asked_at = now
+            if stop_asked_at is not None and now - stop_asked_at > self.settings.cancel_grace_seconds:
+                log.warning("job %s did not stop within %.0fs; killing it", job.id, self.settings.cancel_grace_seconds)
+                child.kill()
+                return {"type": "stopped", "reason": reason, "killed": True}
+        self._flush(job, pending)
+        return None if not reason else {"type": "stopped", "reason": reason}
+
+    def _flush(self, job: Job, pending: dict[str, Any]) -> None:
+        if not pending:
+            return
+        with self.db.session() as session:
+            jobs.record_progress(session, job, **pending)
+        pending.clear()
+        self._write_status()
+
+    def _finish(self, job: Job, outcome: dict[str, Any] | None, exitcode: int | None) -> None:
+        with self.db.session() as session:
+            if outcome is None:
+                jobs.finish(
+                    session,
+                    job,
+                    JobStatus.failed,
+                    error_code="worker_crashed",
+                    error_message=(
+                        f"the training process died without reporting (exit code {exitcode}); "
+                        "see logs/training.log in the job's artifacts. A kill by the system often means "
+                        "it ran out of memory: lower per_device_train_batch_size or max_seq_length"
+                    ),
+                )
+            elif outcome["type"] == "succeeded":
+                jobs.finish(session, job, JobStatus.succeeded, result=outcome["result"])
+            elif outcome["type"] == "failed":
+                jobs.finish(
+                    session,
+                    job,
+                    JobStatus.failed,
+                    error_code=outcome["code"],
+                    error_message=outcome["message"],
+                )
+            elif outcome["reason"] == "cancel":
+                jobs.finish(session, job, JobStatus.cancelled)
+            elif outcome["reason"] == "shutdown":
+                jobs.finish(
+                    session,
+                    job,
+                    JobStatus.failed,
+                    error_code="worker_stopped",
+                    error_message="the worker was shut down while training this job; submit it again",
+                )
+            final = jobs.get(session, job.id)
+        log.info("job %s: %s", job.id, final.status.value)
+        self._write_status()
+
+    def _write_status(self) -> None:
+        with self.db.session() as session:
+            current = jobs.current(session)
+        training_status.write_file(self.settings.status_file, training_status.of_job(current))

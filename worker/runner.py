@@ -1,0 +1,212 @@
+"""One job, in the spec's order: load model -> attach LoRA -> prepare data -> train -> save.
+
+Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
+down. It talks to the worker through a pipe (progress, phases, the outcome) and watches an event that
+asks it to stop at the end of the current step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.models import JobPhase
+from app.training_config import EMBEDDED_MODEL, TrainingConfig
+from worker.data import DataError, read_sharegpt
+
+log = logging.getLogger("forge.worker.job")
+
+
+class Stopped(Exception):
+    """The worker asked this job to stop (cancel or shutdown) between steps."""
+
+
+class ModelNotFound(RuntimeError):
+    code = "model_not_found"
+
+
+@dataclass
+class JobSpec:
+    job_id: str
+    config: dict[str, Any]
+    run_dir: str
+    project_dir: str
+    cache_dir: str
+
+
+class JobRunner:
+    def __init__(self, spec: JobSpec, conn: Any, stop_event: Any) -> None:
+        self.spec = spec
+        self.config = TrainingConfig.model_validate(spec.config)
+        self.run_dir = Path(spec.run_dir)
+        self.project_dir = Path(spec.project_dir)
+        self.conn = conn
+        self.stop_event = stop_event
+
+    # -- reporting ------------------------------------------------------------------------------------
+    def report(self, message: dict[str, Any]) -> None:
+        self.conn.send(message)
+
+    def phase(self, phase: JobPhase) -> None:
+        if self.stop_event.is_set():
+            raise Stopped()
+        log.info("phase: %s", phase.value)
+        self.report({"type": "phase", "phase": phase.value})
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def resolve_model(self) -> str:
+        name = self.config.model.name
+        if name == EMBEDDED_MODEL:
+            from worker import embedded
+
+            return str(embedded.model_dir(Path(self.spec.cache_dir)))
+        path = Path(name).expanduser()
+        local = path if path.is_absolute() else self.project_dir / path
+        if (local / "config.json").is_file():
+            return str(local)
+        if name.startswith(("/", ".", "~")):
+            raise ModelNotFound(f"model.name {name!r}: no model folder (config.json) at {local}")
+        return name  # a hub id: transformers finds it in the local cache or downloads it
+
+    def run(self) -> dict[str, Any]:
+        from worker import backends
+
+        started = time.monotonic()
+        backend = backends.select(self.config.backend)  # before transformers: Unsloth patches it on import
+        import datasets
+        from transformers import PrinterCallback
+        from transformers.utils import logging as hf_logging
+
+        from worker.progress import ProgressCallback
+        from worker.training_args import sft_config
+
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        self.report({"type": "backend", "backend": backend.name})
+        log.info("backend: %s", backend.name)
+
+        self.phase(JobPhase.loading_model)
+        model_path = self.resolve_model()
+        try:
+            model, tokenizer = backend.load_model(model_path, self.config)
+        except OSError as exc:
+            raise ModelNotFound(
+                f"could not load model {self.config.model.name!r}: {exc}. Use {EMBEDDED_MODEL!r}, a local "
+                "folder, or a hub id already in this worker's Hugging Face cache"
+            ) from exc
+
+        self.phase(JobPhase.attaching_lora)
+        model = backend.attach_lora(model, self.config)
+
+        self.phase(JobPhase.preparing_data)
+        dataset_path = (self.project_dir / self.config.dataset.path).resolve()
+        if not dataset_path.is_file():
+            raise DataError(f"dataset.path {self.config.dataset.path!r} does not exist ({dataset_path})")
+        conversations = read_sharegpt(dataset_path)
+        dataset = backend.prepare_data(tokenizer, conversations.items, self.config)
+        log.info("data: %s", json.dumps(backend.data_stats))  # type: ignore[attr-defined]
+
+        self.phase(JobPhase.training)
+        progress = ProgressCallback(self.report, self.stop_event.is_set)
+        args = sft_config(self.config, self.run_dir)
+        trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress])
+        trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
+        output = trainer.train()
+        if progress.stopped:
+            raise Stopped()
+
+        self.phase(JobPhase.saving)
+        save = self.config.save
+        lora_path = self.run_dir / save.lora_path
+        backend.save_lora(model, tokenizer, str(lora_path))
+        self.report({"type": "checkpoint"})
+        exports: dict[str, str] = {"lora": save.lora_path}
+        if save.merged_path:
+            backend.save_merged(model, tokenizer, str(self.run_dir / save.merged_path), model_path, str(lora_path))
+            exports["merged"] = save.merged_path
+        if save.gguf_path:
+            exports["gguf"] = "not exported: GGUF export is not part of this version of the service yet"
+            log.warning("save.gguf_path is set but GGUF export is not available yet; skipped")
+
+        metrics = output.metrics
+        steps = int(trainer.state.global_step)
+        seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        runtime = float(metrics.get("train_runtime", 0.0))
+        stats = {
+            "backend": backend.name,
+            "model": self.config.model.name,
+            "model_path": model_path,
+            "steps": steps,
+            "epochs": float(trainer.state.epoch or 0.0),
+            "train_loss": float(metrics.get("train_loss", float("nan"))),
+            "final_loss": next((e["loss"] for e in reversed(progress.log_history) if "loss" in e), None),
+            "train_runtime_seconds": round(runtime, 3),
+            "tokens_seen": seen,
+            "tokens_per_second": round(seen / runtime, 1) if runtime > 0 and seen else None,
+            "wall_seconds": round(time.monotonic() - started, 3),
+            "data": backend.data_stats,  # type: ignore[attr-defined]
+            "exports": exports,
+            "log_history": progress.log_history,
+        }
+        metrics_dir = self.run_dir / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        (metrics_dir / "training-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        return stats
+
+
+def _setup_logging(run_dir: Path) -> None:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """A code and a message a user can act on."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code, str(exc)
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out_of_memory", (
+            f"the GPU ran out of memory ({exc}). Reduce training.per_device_train_batch_size and raise "
+            "training.gradient_accumulation_steps, or lower model.max_seq_length"
+        )
+    return "training_failed", f"{name}: {exc}"
+
+
+def child_main(spec: JobSpec, conn: Any, stop_event: Any) -> None:
+    """Entry point of the training child process."""
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides when this job stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_dir = Path(spec.run_dir)
+    _setup_logging(run_dir)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    runner = JobRunner(spec, conn, stop_event)
+    try:
+        stats = runner.run()
+    except Stopped:
+        log.info("stopped at the worker's request")
+        conn.send({"type": "stopped"})
+    except BaseException as exc:
+        log.error("job failed:\n%s", traceback.format_exc())
+        code, message = _classify(exc)
+        conn.send({"type": "failed", "code": code, "message": message})
+    else:
+        log.info("done: %d steps, final loss %s", stats["steps"], stats["final_loss"])
+        conn.send({"type": "succeeded", "result": {k: v for k, v in stats.items() if k != "log_history"}})
+    finally:
+        conn.close()

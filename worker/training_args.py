@@ -1,0 +1,55 @@
+"""The spec's `training` section as TRL's SFTConfig, the same for both backends."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from trl import SFTConfig
+
+from app.training_config import TrainingConfig
+from worker.backends.common import compute_dtype
+
+log = logging.getLogger("forge.worker")
+
+
+def optimizer(name: str) -> str:
+    """8-bit optimizers need bitsandbytes on CUDA; elsewhere fall back to AdamW and say so."""
+    if "8bit" in name and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
+        log.info("optim %s needs bitsandbytes on CUDA; using adamw_torch", name)
+        return "adamw_torch"
+    return name
+
+
+def sft_config(config: TrainingConfig, run_dir: Path) -> SFTConfig:
+    t = config.training
+    dtype = compute_dtype(config)
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(run_dir / t.output_dir),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=t.num_train_epochs,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=optimizer(t.optim),
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        # SFTConfig turns bf16 on by default; on a CPU that is ~30x slower, so the dtype decides.
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        max_length=config.model.max_seq_length,
+        dataset_num_proc=None,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
