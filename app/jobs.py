@@ -1,27 +1,63 @@
 """Every job state change, each a single guarded UPDATE, so that no two processes can disagree.
 
-queued -> running -> succeeded | failed | cancelled; terminal states never change. A running job
-belongs to one (worker_id, attempt) pair; the worker's writes only land while that pair still holds it.
+queued -> running [-> cancelling] -> succeeded | failed | cancelled; terminal states never change. A running
+job belongs to one (worker_id, attempt) pair; the worker's writes only land while that pair still holds it.
+A job that stopped with a complete checkpoint can go back to queued and resume from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
-from app.models import TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
+from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
 from app.training_config import TrainingConfig
 
+# Failures after which a job may be resumed from its checkpoint.
+RESUMABLE_ERRORS = frozenset({"worker_lost", "worker_crashed"})
 
-def create(session: Session, config: TrainingConfig) -> Job:
-    job = Job(config=config.model_dump(mode="json"))
+
+def create(session: Session, config: TrainingConfig, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Queue a job. With an idempotency key, a retry returns the job the first request made.
+
+    Returns the job and whether it was created now.
+    """
+    data = config.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest)
     session.add(job)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key got there first
+        session.rollback()
+        existing = _by_idempotency_key(session, idempotency_key or "", digest)
+        if existing is None:
+            raise
+        return existing, False
     session.refresh(job)
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
+    job = session.exec(select(Job).where(Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != digest:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different training config; use a new key for a new job",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
     return job
 
 
@@ -43,7 +79,7 @@ def page(session: Session, *, limit: int, offset: int) -> tuple[list[Job], int]:
 def current(session: Session) -> Job | None:
     """The running job, else the most recently created one."""
     running = session.exec(
-        select(Job).where(Job.status == JobStatus.running).order_by(col(Job.started_at).desc()).limit(1)
+        select(Job).where(col(Job.status).in_(ACTIVE_STATUSES)).order_by(col(Job.started_at).desc()).limit(1)
     ).first()
     if running is not None:
         return running
@@ -51,7 +87,7 @@ def current(session: Session) -> Job | None:
 
 
 def request_cancel(session: Session, job_id: str) -> Job:
-    """Cancel a queued job at once; ask the worker to stop a running one within a step."""
+    """Cancel a queued job at once; a running one becomes `cancelling` until its worker has stopped it."""
     now = utcnow()
     queued = session.execute(
         update(Job)
@@ -68,12 +104,12 @@ def request_cancel(session: Session, job_id: str) -> Job:
     if queued.rowcount == 0:  # type: ignore[attr-defined]
         session.execute(
             update(Job)
-            .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running, ~col(Job.cancel_requested)))
-            .values(cancel_requested=True, cancel_requested_at=now, updated_at=now)
+            .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running))
+            .values(status=JobStatus.cancelling, cancel_requested=True, cancel_requested_at=now, updated_at=now)
         )
     session.commit()
     job = get(session, job_id)
-    if job.status in TERMINAL_STATUSES and job.status != JobStatus.cancelled:
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise Conflict(
             f"job {job_id} already {job.status.value}; only queued or running jobs can be cancelled",
             code="job_finished",
@@ -113,7 +149,7 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | 
 def _owned(job_id: str, worker_id: str, attempt: int) -> Any:
     return and_(
         col(Job.id) == job_id,
-        col(Job.status) == JobStatus.running,
+        col(Job.status).in_(ACTIVE_STATUSES),
         col(Job.worker_id) == worker_id,
         col(Job.attempt) == attempt,
     )
@@ -130,8 +166,8 @@ def renew_lease(session: Session, job: Job, lease_seconds: float) -> bool | None
     session.commit()
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    cancel = session.exec(select(Job.cancel_requested).where(Job.id == job.id)).one()
-    return bool(cancel)
+    status = session.exec(select(Job.status).where(Job.id == job.id)).one()
+    return status == JobStatus.cancelling
 
 
 def record_progress(session: Session, job: Job, **fields: Any) -> bool:
@@ -171,38 +207,93 @@ def finish(
     return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
-def expire_lost(session: Session, now: datetime | None = None) -> list[str]:
-    """Fail running jobs whose worker stopped renewing the lease (killed, machine lost)."""
-    now = now or utcnow()
-    lost = session.exec(
-        select(Job.id).where(
-            Job.status == JobStatus.running,
-            or_(col(Job.lease_expires_at).is_(None), col(Job.lease_expires_at) < now),
+def requeue(session: Session, job: Job, checkpoint: str | None) -> bool:
+    """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown)."""
+    values = _requeued(checkpoint)
+    outcome = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**values))
+    session.commit()
+    return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+def _requeued(checkpoint: str | None) -> dict[str, Any]:
+    return {
+        "status": JobStatus.queued,
+        "phase": JobPhase.queued,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "eta_seconds": None,
+        "resume_from": checkpoint,
+        "updated_at": utcnow(),
+    }
+
+
+def resume(session: Session, job_id: str, checkpoint: str | None) -> Job:
+    """Queue a job that a lost, stopped or crashed worker left behind again, from its last checkpoint."""
+    job = get(session, job_id)
+    if job.status != JobStatus.failed or job.error_code not in RESUMABLE_ERRORS:
+        raise Conflict(
+            f"job {job_id} is {job.status.value}"
+            + (f" ({job.error_code})" if job.error_code else "")
+            + "; only jobs whose worker was lost, stopped or crashed can be resumed",
+            code="not_resumable",
+            param="job_id",
         )
-    ).all()
-    failed = []
-    for job_id in lost:
-        outcome = session.execute(
-            update(Job)
-            .where(
-                and_(
-                    col(Job.id) == job_id,
-                    col(Job.status) == JobStatus.running,
-                    or_(col(Job.lease_expires_at).is_(None), col(Job.lease_expires_at) < now),
-                )
-            )
-            .values(
-                status=JobStatus.failed,
-                phase=JobPhase.done,
-                finished_at=now,
-                updated_at=now,
-                error_code="worker_lost",
-                error_message=(
-                    "the worker running this job stopped reporting (killed or its machine lost); submit the job again"
+    if checkpoint is None:
+        raise Conflict(
+            f"job {job_id} has no complete checkpoint to resume from; set training.save_steps to keep "
+            "checkpoints, and submit the job again",
+            code="no_checkpoint",
+            param="job_id",
+        )
+    values = _requeued(checkpoint) | {"error_code": None, "error_message": None, "finished_at": None}
+    session.execute(
+        update(Job)
+        .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.failed, col(Job.error_code) == job.error_code))
+        .values(**values)
+    )
+    session.commit()
+    return get(session, job_id)
+
+
+def expire_lost(
+    session: Session, now: datetime | None = None, checkpoint_of: Callable[[Job], str | None] | None = None
+) -> list[tuple[str, JobStatus]]:
+    """Settle running jobs whose worker stopped renewing the lease (killed, machine lost).
+
+    A job that allows it and has a complete checkpoint goes back to the queue to resume from it; a job
+    being cancelled is cancelled; any other fails as `worker_lost`.
+    """
+    now = now or utcnow()
+    expired = and_(
+        col(Job.status).in_(ACTIVE_STATUSES),
+        or_(col(Job.lease_expires_at).is_(None), col(Job.lease_expires_at) < now),
+    )
+    settled = []
+    for job in session.exec(select(Job).where(expired)).all():
+        checkpoint = checkpoint_of(job) if checkpoint_of else None
+        values: dict[str, Any]
+        if job.status == JobStatus.cancelling:
+            status = JobStatus.cancelled
+            values = {"status": status, "phase": JobPhase.done, "finished_at": now, "lease_expires_at": None}
+        elif checkpoint and job.config["training"].get("resume_on_worker_lost", True):
+            status, values = JobStatus.queued, _requeued(checkpoint)
+        else:
+            status = JobStatus.failed
+            values = {
+                "status": JobStatus.failed,
+                "phase": JobPhase.done,
+                "finished_at": now,
+                "lease_expires_at": None,
+                "error_code": "worker_lost",
+                "error_message": (
+                    "the worker running this job stopped reporting (killed or its machine lost); "
+                    + ("resume it with POST .../resume" if checkpoint else "submit the job again")
                 ),
-            )
+            }
+        outcome = session.execute(
+            update(Job).where(and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired)).values(**values)
         )
         if outcome.rowcount == 1:  # type: ignore[attr-defined]
-            failed.append(job_id)
+            settled.append((job.id, status))
     session.commit()
-    return failed
+    return settled

@@ -11,10 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import jobs
+from app import checkpoints, jobs
+from app.api.limits import BodySizeLimit
 from app.api.routes import training
 from app.core.config import Settings, get_settings
 from app.core.db import Database
@@ -62,11 +65,21 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
         await asyncio.sleep(interval)
         try:
             with db.session() as session:
-                lost = await asyncio.to_thread(jobs.expire_lost, session)
-            for job_id in lost:
-                log.warning("job %s lost its worker; marked failed (worker_lost)", job_id)
+                lost = await asyncio.to_thread(
+                    jobs.expire_lost, session, checkpoint_of=lambda job: checkpoints.for_job(settings.runs_dir, job)
+                )
+            for job_id, status in lost:
+                log.warning("job %s lost its worker; now %s", job_id, status.value)
         except Exception:  # a locked database now is retried at the next tick
             log.exception("could not check for lost jobs")
+
+
+def _allowed_methods(path: str) -> set[str]:
+    methods: set[str] = set()
+    for route in training.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return methods
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -98,12 +111,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(_validation_body(exc), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:
+            message = "the request body could not be read: send UTF-8 JSON, or YAML with Content-Type: application/yaml"
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request.url.path)))
         return JSONResponse(
-            {"code": code, "message": str(exc.detail), "param": None},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            {"code": code, "message": message, "param": None}, status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
@@ -115,6 +132,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(training.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Idempotent-Replayed"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
 

@@ -40,14 +40,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class JobStatus(enum.StrEnum):
+    """queued -> running [-> cancelling] -> succeeded | failed | cancelled; terminal states never change."""
+
     queued = "queued"
     running = "running"
+    cancelling = "cancelling"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+# A worker owns the job in these states: it renews the lease and writes progress.
+ACTIVE_STATUSES = frozenset({JobStatus.running, JobStatus.cancelling})
 
 
 class JobPhase(enum.StrEnum):
@@ -105,8 +110,29 @@ class Job(SQLModel, table=True):
     error_message: str | None = None
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
+    # The training checkpoint the next attempt resumes from (a folder inside the job's run folder).
+    resume_from: str | None = Field(default=None, max_length=512)
+    # A retried POST with the same Idempotency-Key returns this job; request_hash tells retries from reuse.
+    idempotency_key: str | None = Field(default=None, max_length=255, unique=True)
+    request_hash: str | None = Field(default=None, max_length=64)
+
 
 # ---------------------------------------------------------------- API schemas
+
+
+class ErrorDetail(BaseModel):
+    param: str = PydanticField(description="The field at fault, dotted: `training.learning_rate`.")
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns has this shape."""
+
+    code: str = PydanticField(description="Stable, machine-readable reason, e.g. `dataset_not_found`.")
+    message: str = PydanticField(description="What is wrong and how to fix it.")
+    param: str | None = PydanticField(description="The field, header or path part at fault, if one is.")
+    details: list[ErrorDetail] | None = PydanticField(default=None, description="Each invalid field (422).")
 
 
 class JobError(BaseModel):
@@ -129,7 +155,8 @@ class JobRead(BaseModel):
     finished_at: datetime | None
     checkpoint_at: datetime | None
     worker_id: str | None
-    attempt: int
+    attempt: int = PydanticField(description="How many times a worker has started this job (resumes count).")
+    resume_from: str | None = PydanticField(description="Checkpoint the next attempt resumes from, if any.")
     step: int
     total_steps: int | None
     epoch: float = PydanticField(description="Fractional epochs done, e.g. 1.35.")
@@ -159,7 +186,7 @@ class JobPage(BaseModel):
 class TrainingStatus(BaseModel):
     """The flat object the Forge UI's TrainingProgress.tsx polls (spec: "Integration with Forge Web UI")."""
 
-    running: bool = PydanticField(description="True while the job is running (claimed by a worker).")
+    running: bool = PydanticField(description="True while a worker is on the job (running or cancelling).")
     step: int
     total_steps: int
     epoch: int = PydanticField(description="Current epoch, counted from 1 once training has started.")

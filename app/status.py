@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from app.models import Job, JobStatus, TrainingStatus
+from app.models import ACTIVE_STATUSES, Job, TrainingStatus
 
 
 def idle() -> TrainingStatus:
@@ -34,7 +34,7 @@ def of_job(job: Job | None) -> TrainingStatus:
     # The UI shows "epoch N of M": N counts from 1 once a step has run (45/100 steps of 3 epochs -> epoch 2).
     epoch = min(math.ceil(job.epoch - 1e-9), math.ceil(total_epochs)) if job.step > 0 else 0
     return TrainingStatus(
-        running=job.status == JobStatus.running,
+        running=job.status in ACTIVE_STATUSES,
         step=job.step,
         total_steps=job.total_steps or 0,
         epoch=max(epoch, 0),

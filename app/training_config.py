@@ -6,9 +6,9 @@ It validates API input, documents the OpenAPI page and drives the worker.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:gemma-3-270m"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,8 +22,8 @@ def _relative_inside_run(value: str) -> str:
 
 
 class _Section(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # A misspelt key is an error, not a silently ignored setting; `0` or "yes" is not a boolean.
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
 
 class ModelSection(_Section):
@@ -48,7 +48,7 @@ class LoraSection(_Section):
     r: int = Field(default=8, ge=1, le=1024, description="LoRA rank (8, 16, 32, 64, 128).")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator.")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
         default_factory=lambda: list(ALL_PROJECTIONS), min_length=1, description="Modules that get adapters."
     )
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases train.")
@@ -81,6 +81,15 @@ class TrainingSection(_Section):
     logging_steps: int = Field(default=1, ge=1, description="Report loss every this many steps.")
     seed: int = Field(default=3407, description="Seed for LoRA init, shuffling and dropout.")
     output_dir: str = Field(default="outputs", description="Trainer scratch folder, inside the job's run folder.")
+    save_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep a resumable checkpoint every this many steps; null keeps none (a lost job cannot resume).",
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    resume_on_worker_lost: bool = Field(
+        default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
+    )
 
     @field_validator("output_dir")
     @classmethod

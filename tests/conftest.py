@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,12 +34,18 @@ def tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where test models live: outside the projects, so the API is told about it (FORGE_MODEL_DIRS)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(models_root: Path, tokenizer_dir: Path) -> Path:
     """A 2-layer Gemma 3 text model with random weights and the real 262k-token tokenizer."""
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    out = tmp_path_factory.mktemp("tiny-gemma3")
+    out = models_root / "tiny-gemma3"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = Gemma3TextConfig(
         vocab_size=len(tokenizer),
@@ -69,8 +76,8 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(project: Path) -> Settings:
-    return Settings(project_dir=project, cache_dir=cache_dir(), api_token=None)
+def settings(project: Path, models_root: Path) -> Settings:
+    return Settings(project_dir=project, cache_dir=cache_dir(), api_token=None, model_dirs=[models_root])
 
 
 def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:
@@ -97,10 +104,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def process_env(project: Path, **extra: str) -> dict[str, str]:
+def process_env(project: Path, models_root: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         FORGE_PROJECT_DIR=str(project),
+        FORGE_MODEL_DIRS=json.dumps([str(models_root)]),
         FORGE_CACHE_DIR=str(cache_dir()),
         FORGE_WORKER_POLL_SECONDS="0.2",
         FORGE_HEARTBEAT_SECONDS="0.5",
@@ -115,8 +123,9 @@ def process_env(project: Path, **extra: str) -> dict[str, str]:
 class Processes:
     """Real API and worker processes for one test; all stopped at the end."""
 
-    def __init__(self, project: Path, logs: Path) -> None:
+    def __init__(self, project: Path, models_root: Path, logs: Path) -> None:
         self.project = project
+        self.models_root = models_root
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -131,7 +140,7 @@ class Processes:
         self._spawn(
             [sys.executable, "-m", "uvicorn", "--factory", "app.main:app_factory", "--port", str(port)],
             "api",
-            process_env(self.project, **env),
+            process_env(self.project, self.models_root, **env),
         )
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -144,7 +153,8 @@ class Processes:
         raise RuntimeError(f"the API did not start:\n{self.log_text()}")
 
     def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        return self._spawn([sys.executable, "-m", "worker", *args], "worker", process_env(self.project, **env))
+        env_vars = process_env(self.project, self.models_root, **env)
+        return self._spawn([sys.executable, "-m", "worker", *args], "worker", env_vars)
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -157,10 +167,10 @@ class Processes:
 
 
 @pytest.fixture
-def processes(project: Path, tmp_path: Path) -> Iterator[Processes]:
+def processes(project: Path, models_root: Path, tmp_path: Path) -> Iterator[Processes]:
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = Processes(project, logs)
+    procs = Processes(project, models_root, logs)
     yield procs
     procs.stop_all()
 

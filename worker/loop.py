@@ -12,12 +12,12 @@ import time
 import uuid
 from typing import Any
 
-from app import jobs
+from app import checkpoints, jobs
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
-from worker.runner import JobSpec, child_main
+from worker.runner import CANCEL, SHUTDOWN, JobSpec, child_main
 
 log = logging.getLogger("forge.worker")
 
@@ -46,8 +46,8 @@ class Worker:
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
             with self.db.session() as session:
-                for job_id in jobs.expire_lost(session):
-                    log.warning("job %s lost its worker; marked failed (worker_lost)", job_id)
+                for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
+                    log.warning("job %s lost its worker; now %s", job_id, status.value)
                 job = jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
             if job is None:
                 if exit_when_idle:
@@ -59,11 +59,19 @@ class Worker:
         self.db.dispose()
         return done
 
+    def checkpoint_of(self, job: Job) -> str | None:
+        return checkpoints.for_job(self.settings.runs_dir, job)
+
     # -- one job --------------------------------------------------------------------------------------
     def run_job(self, job: Job) -> None:
         run_dir = self.settings.runs_dir / job.id
         run_dir.mkdir(parents=True, exist_ok=True)
-        log.info("job %s: claimed (attempt %d)", job.id, job.attempt)
+        log.info(
+            "job %s: claimed (attempt %d)%s",
+            job.id,
+            job.attempt,
+            f", resuming from {job.resume_from}" if job.resume_from else "",
+        )
         self._write_status()
         spec = JobSpec(
             job_id=job.id,
@@ -71,20 +79,21 @@ class Worker:
             run_dir=str(run_dir),
             project_dir=str(self.settings.resolved_project_dir),
             cache_dir=str(self.settings.cache_dir),
+            resume_from=job.resume_from,
         )
         parent_conn, child_conn = self.context.Pipe(duplex=False)
-        stop_event = self.context.Event()
-        child = self.context.Process(target=child_main, args=(spec, child_conn, stop_event), daemon=True)
+        stop_flag = self.context.Value("i", 0)
+        child = self.context.Process(target=child_main, args=(spec, child_conn, stop_flag), daemon=True)
         child.start()
         child_conn.close()
-        outcome = self._supervise(job, child, parent_conn, stop_event)
+        outcome = self._supervise(job, child, parent_conn, stop_flag)
         child.join(timeout=30)
         if child.is_alive():
             child.kill()
             child.join()
         self._finish(job, outcome, child.exitcode)
 
-    def _supervise(self, job: Job, child: Any, conn: Any, stop_event: Any) -> dict[str, Any] | None:
+    def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> dict[str, Any] | None:
         pending: dict[str, Any] = {}
         last_flush = 0.0
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
@@ -97,7 +106,7 @@ class Worker:
                 except EOFError:
                     break
                 kind = message.pop("type")
-                if kind in ("succeeded", "failed", "stopped"):
+                if kind in ("succeeded", "failed", "stopped", "interrupted"):
                     self._flush(job, pending)
                     return {"type": kind, "reason": reason, **message}
                 if kind == "progress":
@@ -129,7 +138,7 @@ class Worker:
                 reason = "shutdown"
             if reason and stop_asked_at is None:
                 log.info("job %s: asking the trainer to stop (%s)", job.id, reason)
-                stop_event.set()
+                stop_flag.value = SHUTDOWN if reason == "shutdown" else CANCEL
                 stop_asked_at = now
             if stop_asked_at is not None and now - stop_asked_at > self.settings.cancel_grace_seconds:
                 log.warning("job %s did not stop within %.0fs; killing it", job.id, self.settings.cancel_grace_seconds)
@@ -170,16 +179,14 @@ class Worker:
                     error_code=outcome["code"],
                     error_message=outcome["message"],
                 )
+            elif outcome["type"] == "interrupted":
+                # A graceful shutdown: back to the queue, to resume from the checkpoint just saved.
+                jobs.requeue(session, job, outcome["checkpoint"])
             elif outcome["reason"] == "cancel":
                 jobs.finish(session, job, JobStatus.cancelled)
             elif outcome["reason"] == "shutdown":
-                jobs.finish(
-                    session,
-                    job,
-                    JobStatus.failed,
-                    error_code="worker_stopped",
-                    error_message="the worker was shut down while training this job; submit it again",
-                )
+                # Killed after the grace period, before it could save: back to the queue from its last checkpoint.
+                jobs.requeue(session, job, self.checkpoint_of(job) or job.resume_from)
             final = jobs.get(session, job.id)
         log.info("job %s: %s", job.id, final.status.value)
         self._write_status()

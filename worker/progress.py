@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,15 +14,19 @@ from transformers import TrainerCallback
 log = logging.getLogger("forge.worker.job")
 
 
+# A loss this many times the first one logged, or not a number at all, means training has diverged.
+DIVERGENCE_FACTOR = 10.0
+
+
 class ProgressCallback(TrainerCallback):
-    def __init__(self, report: Callable[[dict[str, Any]], None], should_stop: Callable[[], bool]) -> None:
+    def __init__(self, report: Callable[[dict[str, Any]], None], stop_mode: Callable[[], int]) -> None:
         self.report = report
-        self.should_stop = should_stop
+        self.stop_mode = stop_mode
         self.started = 0.0
-        self.first_step_at = 0.0
-        self.last: dict[str, Any] = {}
         self.log_history: list[dict[str, Any]] = []
-        self.stopped = False
+        self.first_loss: float | None = None
+        self.stopped_by: int | None = None
+        self.diverged: str | None = None
 
     def _eta(self, state: Any) -> float | None:
         if state.global_step < 1 or not state.max_steps:
@@ -57,9 +62,12 @@ class ProgressCallback(TrainerCallback):
                 "tokens_per_second": self._tokens_per_second(state),
             }
         )
-        if self.should_stop():
-            self.stopped = True
+        mode = self.stop_mode()
+        if mode:
+            self.stopped_by = mode
             control.should_training_stop = True
+            # A shutdown saves a checkpoint of this step, so the job resumes here on another worker.
+            control.should_save = mode == 2
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs:
@@ -69,8 +77,26 @@ class ProgressCallback(TrainerCallback):
         log.info("metrics %s", json.dumps(entry, default=float))
         update: dict[str, Any] = {"type": "progress", "step": state.global_step}
         if "loss" in logs:
-            update["loss"] = float(logs["loss"])
+            loss = float(logs["loss"])
+            update["loss"] = loss if math.isfinite(loss) else None
+            self._check_divergence(loss, float(logs.get("grad_norm", 0.0)), state.global_step, control)
         if "learning_rate" in logs:
             update["learning_rate"] = float(logs["learning_rate"])
         self.report(update)
-        self.report({"type": "log", "entry": entry})
+
+    def _check_divergence(self, loss: float, grad_norm: float, step: int, control: Any) -> None:
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
+        if not math.isfinite(loss):
+            problem = f"the loss became {loss} at step {step}"
+        elif not math.isfinite(grad_norm):  # the weights are NaN from here on, whatever the loss says
+            problem = f"the gradient norm became {grad_norm} at step {step}"
+        elif self.first_loss is not None and loss > DIVERGENCE_FACTOR * max(self.first_loss, 1e-3):
+            problem = f"the loss rose to {loss:.4g} at step {step}, from {self.first_loss:.4g} at the start"
+        else:
+            return
+        self.diverged = (
+            f"training diverged: {problem}. Lower training.learning_rate (try 1e-4), raise warmup_steps, "
+            "and check the data for broken rows"
+        )
+        control.should_training_stop = True

@@ -1,8 +1,9 @@
 """One job, in the spec's order: load model -> attach LoRA -> prepare data -> train -> save.
 
 Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
-down. It talks to the worker through a pipe (progress, phases, the outcome) and watches an event that
-asks it to stop at the end of the current step.
+down. It talks to the worker through a pipe (progress, phases, the outcome) and watches a shared flag with
+which the worker asks it to stop at the end of the current step: to cancel, or to shut down after saving a
+checkpoint the job resumes from.
 """
 
 from __future__ import annotations
@@ -24,12 +25,24 @@ from worker.data import DataError, read_sharegpt
 log = logging.getLogger("forge.worker.job")
 
 
+# Values of the shared stop flag.
+RUN, CANCEL, SHUTDOWN = 0, 1, 2
+
+
 class Stopped(Exception):
-    """The worker asked this job to stop (cancel or shutdown) between steps."""
+    """The worker asked this job to stop between steps."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__("cancel" if mode == CANCEL else "shutdown")
+        self.mode = mode
 
 
 class ModelNotFound(RuntimeError):
     code = "model_not_found"
+
+
+class Diverged(RuntimeError):
+    code = "diverged"
 
 
 @dataclass
@@ -39,24 +52,28 @@ class JobSpec:
     run_dir: str
     project_dir: str
     cache_dir: str
+    resume_from: str | None = None
 
 
 class JobRunner:
-    def __init__(self, spec: JobSpec, conn: Any, stop_event: Any) -> None:
+    def __init__(self, spec: JobSpec, conn: Any, stop_flag: Any) -> None:
         self.spec = spec
         self.config = TrainingConfig.model_validate(spec.config)
         self.run_dir = Path(spec.run_dir)
         self.project_dir = Path(spec.project_dir)
         self.conn = conn
-        self.stop_event = stop_event
+        self.stop_flag = stop_flag
+
+    def stop_mode(self) -> int:
+        return int(self.stop_flag.value)
 
     # -- reporting ------------------------------------------------------------------------------------
     def report(self, message: dict[str, Any]) -> None:
         self.conn.send(message)
 
     def phase(self, phase: JobPhase) -> None:
-        if self.stop_event.is_set():
-            raise Stopped()
+        if self.stop_mode() != RUN:
+            raise Stopped(self.stop_mode())
         log.info("phase: %s", phase.value)
         self.report({"type": "phase", "phase": phase.value})
 
@@ -114,13 +131,18 @@ class JobRunner:
         log.info("data: %s", json.dumps(backend.data_stats))  # type: ignore[attr-defined]
 
         self.phase(JobPhase.training)
-        progress = ProgressCallback(self.report, self.stop_event.is_set)
+        progress = ProgressCallback(self.report, self.stop_mode)
         args = sft_config(self.config, self.run_dir)
         trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress])
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
-        output = trainer.train()
-        if progress.stopped:
-            raise Stopped()
+        resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None
+        if resume:
+            log.info("resuming from %s", resume)
+        output = trainer.train(resume_from_checkpoint=resume)
+        if progress.diverged:
+            raise Diverged(progress.diverged)
+        if progress.stopped_by is not None:
+            raise Stopped(progress.stopped_by)
 
         self.phase(JobPhase.saving)
         save = self.config.save
@@ -185,7 +207,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "training_failed", f"{name}: {exc}"
 
 
-def child_main(spec: JobSpec, conn: Any, stop_event: Any) -> None:
+def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
     """Entry point of the training child process."""
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when this job stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -195,12 +217,20 @@ def child_main(spec: JobSpec, conn: Any, stop_event: Any) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    runner = JobRunner(spec, conn, stop_event)
+    runner = JobRunner(spec, conn, stop_flag)
     try:
         stats = runner.run()
-    except Stopped:
-        log.info("stopped at the worker's request")
-        conn.send({"type": "stopped"})
+    except Stopped as stop:
+        if stop.mode == SHUTDOWN:
+            from app.checkpoints import latest_complete
+
+            latest = latest_complete(run_dir / runner.config.training.output_dir)
+            checkpoint = latest.relative_to(run_dir).as_posix() if latest else spec.resume_from
+            log.info("stopped for a worker shutdown; resumes from %s", checkpoint or "the start")
+            conn.send({"type": "interrupted", "checkpoint": checkpoint})
+        else:
+            log.info("cancelled at the worker's request")
+            conn.send({"type": "stopped"})
     except BaseException as exc:
         log.error("job failed:\n%s", traceback.format_exc())
         code, message = _classify(exc)

@@ -47,7 +47,10 @@ def sft_config(config: TrainingConfig, run_dir: Path) -> SFTConfig:
         use_cpu=not cuda,
         max_length=config.model.max_seq_length,
         dataset_num_proc=None,
-        save_strategy="no",
+        # Resumable checkpoints (model, optimizer, scheduler, RNG) every save_steps; a shutdown saves one too.
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         report_to="none",
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",

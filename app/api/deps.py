@@ -36,11 +36,13 @@ def require_token(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    if settings.api_token is None:
+    tokens = settings.tokens
+    if not tokens:
         return
-    expected = settings.api_token.get_secret_value().encode()
     given = credentials.credentials.encode() if credentials else b""
-    if not hmac.compare_digest(given, expected):
+    # Compare against every token, each in constant time, so timing tells nothing about which was close.
+    matches = [hmac.compare_digest(given, token) for token in tokens]
+    if not any(matches):
         raise Unauthorized(
             "missing or wrong API token; send the header `Authorization: Bearer <FORGE_API_TOKEN>`",
             param="Authorization",

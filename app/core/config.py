@@ -24,6 +24,21 @@ class Settings(BaseSettings):
         default=None,
         description="When set, every /api route needs `Authorization: Bearer <token>`.",
     )
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description='More accepted tokens, as a JSON list (FORGE_API_TOKENS=\'["a", "b"]\'), e.g. while rotating.',
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins allowed to call the API from a browser, e.g. ["http://localhost:5173"] for the Forge UI.',
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders besides the project where local models (model.name as a path) may live.",
+    )
+    max_request_bytes: int = Field(
+        default=1 << 20, gt=0, description="Request bodies larger than this are refused with 413."
+    )
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "forge-trainer",
         description="Where the embedded model is converted once and kept.",
@@ -40,6 +55,11 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a cancelled job may take to finish its step before it is killed.",
     )
+
+    @property
+    def tokens(self) -> list[bytes]:
+        every = ([self.api_token] if self.api_token else []) + list(self.api_tokens)
+        return [token.get_secret_value().encode() for token in every if token.get_secret_value()]
 
     @property
     def resolved_project_dir(self) -> Path:

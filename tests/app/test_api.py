@@ -84,7 +84,10 @@ def test_spec_config_is_accepted_verbatim(client: TestClient) -> None:
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["phase"] == "queued"
-    assert job["config"] == SPEC_CONFIG | {"backend": "auto"}
+    assert {k: v for k, v in job["config"].items() if k != "training"} == {
+        k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k != "training"
+    }
+    assert job["config"]["training"].items() >= SPEC_CONFIG["training"].items()
     status = client.get("/api/training").json()
     assert status["job_id"] == job["id"] and status["running"] is False and status["total_epochs"] == 3
 
@@ -151,11 +154,37 @@ def test_dataset_outside_the_project_is_422(client: TestClient, path: str) -> No
     assert response.json()["code"] == "path_outside_project"
 
 
-def test_unknown_model_folder_is_422(client: TestClient, tmp_path: Path) -> None:
-    response = client.post("/api/training", json=SPEC_CONFIG | {"model": {"name": str(tmp_path / "none")}})
-    assert response.status_code == 422 and response.json()["code"] == "model_not_found"
+def test_unknown_model_folder_is_422(client: TestClient, models_root: Path) -> None:
+    for name in ["./models/none", str(models_root / "none")]:
+        response = client.post("/api/training", json=SPEC_CONFIG | {"model": {"name": name}})
+        assert response.status_code == 422 and response.json()["code"] == "model_not_found", name
     response = client.post("/api/training", json=SPEC_CONFIG | {"model": {"name": "embedded:llama"}})
     assert response.status_code == 422 and response.json()["param"] == "model.name"
+
+
+def test_paths_that_escape_are_refused(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    """Datasets resolve inside the project; models inside it or FORGE_MODEL_DIRS; symlinks are followed."""
+    outside = tmp_path / "elsewhere"
+    (outside / "model").mkdir(parents=True)
+    (outside / "model" / "config.json").write_text("{}")
+    (outside / "train.jsonl").write_text((settings.resolved_project_dir / "data/splits/train.jsonl").read_text())
+    project = settings.resolved_project_dir
+    os.symlink(outside / "train.jsonl", project / "data" / "linked.jsonl")
+    os.symlink(outside / "model", project / "linked-model")
+    cases = [
+        ({"dataset": {"path": "data/linked.jsonl"}}, "dataset.path"),
+        ({"dataset": {"path": str(outside / "train.jsonl")}}, "dataset.path"),
+        ({"dataset": {"path": "data/../../elsewhere/train.jsonl"}}, "dataset.path"),
+        ({"model": {"name": str(outside / "model")}}, "model.name"),
+        ({"model": {"name": "./linked-model"}}, "model.name"),
+        ({"model": {"name": "linked-model"}}, "model.name"),
+        ({"model": {"name": "../elsewhere/model"}}, "model.name"),
+    ]
+    for patch, param in cases:
+        response = client.post("/api/training", json=SPEC_CONFIG | patch)
+        assert response.status_code == 422, patch
+        assert response.json()["code"] == "path_outside_project" and response.json()["param"] == param
+    assert client.get("/api/training/jobs").json()["total"] == 0
 
 
 def test_jobs_are_listed_newest_first_with_pages(client: TestClient) -> None:
@@ -206,16 +235,22 @@ def test_cancel_running_job_is_recorded(client: TestClient) -> None:
         job = jobs.claim_next(session, "w1", 60)
         assert job is not None
     response = client.post(f"/api/training/jobs/{job_id}/cancel").json()
-    assert response["status"] == "running" and response["cancel_requested"] is True
+    assert response["status"] == "cancelling" and response["cancel_requested"] is True
+    # Still running until its worker has stopped it; cancelling again changes nothing.
+    assert client.get("/api/training").json()["running"] is True
+    assert client.post("/api/training/cancel").json()["status"] == "cancelling"
     with client.app.state.db.session() as session:  # type: ignore[attr-defined]
         assert jobs.renew_lease(session, job, 60) is True  # the worker learns of it on its next heartbeat
+        assert jobs.finish(session, job, JobStatus.cancelled)
+    assert client.get(f"/api/training/jobs/{job_id}").json()["status"] == "cancelled"
+    assert client.post(f"/api/training/jobs/{job_id}/cancel").status_code == 200
 
 
 def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 8
+    assert len(operations) == 9
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json")
@@ -239,6 +274,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs",
         "/api/training/jobs/{job_id}",
         "/api/training/jobs/{job_id}/cancel",
+        "/api/training/jobs/{job_id}/resume",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",
     }

@@ -11,7 +11,13 @@ from tests.app.test_api import SPEC_CONFIG
 
 def test_defaults_are_the_specs_standard_config() -> None:
     defaults = TrainingConfig().model_dump(mode="json")
+    # The spec's config, plus the recovery settings Forge adds to `training`.
     expected = SPEC_CONFIG | {"backend": "auto"}
+    expected["training"] = SPEC_CONFIG["training"] | {
+        "save_steps": None,
+        "save_total_limit": 2,
+        "resume_on_worker_lost": True,
+    }
     assert defaults == expected
     assert defaults["model"]["name"] == EMBEDDED_MODEL
 

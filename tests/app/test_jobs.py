@@ -14,8 +14,8 @@ from app.training_config import TrainingConfig
 def test_claim_runs_oldest_first_and_only_once(settings: Settings) -> None:
     db = Database(settings)
     with db.session() as s:
-        first = jobs.create(s, TrainingConfig())
-        second = jobs.create(s, TrainingConfig())
+        first, _ = jobs.create(s, TrainingConfig())
+        second, _ = jobs.create(s, TrainingConfig())
         a = jobs.claim_next(s, "worker-a", 60)
         b = jobs.claim_next(s, "worker-b", 60)
         assert jobs.claim_next(s, "worker-c", 60) is None
@@ -54,7 +54,7 @@ def test_expired_lease_fails_the_job_as_worker_lost(settings: Settings) -> None:
         job = jobs.claim_next(s, "worker-a", 60)
         assert job is not None
         assert jobs.expire_lost(s) == []
-        assert jobs.expire_lost(s, now=utcnow() + timedelta(seconds=61)) == [job.id]
+        assert jobs.expire_lost(s, now=utcnow() + timedelta(seconds=61)) == [(job.id, JobStatus.failed)]
         lost = jobs.get(s, job.id)
         assert (lost.status, lost.error_code) == (JobStatus.failed, "worker_lost")
         assert not jobs.record_progress(s, job, step=1)  # the old worker's writes no longer land

@@ -104,3 +104,29 @@ def test_bad_dataset_fails_with_the_line_at_fault(processes: Processes, project:
     error = _job(client, job_id)["error"]
     assert error["code"] == "dataset_invalid"
     assert "broken.jsonl:1: no assistant turn" in error["message"]
+
+
+def test_diverging_loss_stops_the_job_early(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
+    # A model whose weights overflow float32 (as a corrupted checkpoint would): its gradients are NaN at once.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    poisoned = processes.models_root / "poisoned-gemma3"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1e36)
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight.mul_(1e36)
+    model.save_pretrained(poisoned)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(poisoned)
+
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    job_id = client.post("/api/training", json=tiny_config(poisoned, max_steps=300)).json()["id"]
+    wait_for(lambda: _job(client, job_id)["status"] not in ("queued", "running"), 240, "the job to end")
+    job = _job(client, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "diverged", job["error"]
+    assert "the gradient norm became nan at step 1" in job["error"]["message"]
+    assert "Lower training.learning_rate" in job["error"]["message"]
+    assert job["step"] == 1

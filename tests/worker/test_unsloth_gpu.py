@@ -29,12 +29,12 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def gemma3_270m_random(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+def gemma3_270m_random(models_root: Path, tokenizer_dir: Path) -> Path:
     """Gemma 3 270M's real architecture with random weights, made on the GPU (no hub), and the real tokenizer."""
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    out = tmp_path_factory.mktemp("gemma3-270m-random")
+    out = models_root / "gemma3-270m-random"
     config = Gemma3TextConfig(**json.loads((FIXTURES / "gemma-3-270m-config.json").read_text()))
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -50,7 +50,12 @@ def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_
     client = httpx.Client(base_url=base, timeout=10)
     config = {
         "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
-        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 30},
+        "training": {
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 30,
+            "save_steps": 10,
+        },
         "save": {"gguf_path": None},
         "backend": "unsloth",
     }
@@ -73,5 +78,33 @@ def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_
     assert (run / "models/checkpoints/lora/adapter_config.json").is_file()
     assert (run / "models/checkpoints/lora/adapter_model.safetensors").is_file()
     assert (run / "models/checkpoints/merged/config.json").is_file()
+    assert (run / "outputs/checkpoint-30/optimizer.pt").is_file()  # resumable checkpoints under Unsloth too
     log = (run / "logs/training.log").read_text()
     print("UNSLOTH LOG TAIL", log[-3000:])
+
+
+def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: Path, gemma3_270m_random: Path) -> None:
+    """SIGTERM checkpoints the Unsloth job at the current step; the next worker resumes it to the end."""
+    import signal
+
+    base = processes.api()
+    client = httpx.Client(base_url=base, timeout=10)
+    config = {
+        "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
+        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 400},
+        "save": {"gguf_path": None, "merged_path": None},
+        "backend": "unsloth",
+    }
+    job_id = client.post("/api/training", json=config).json()["id"]
+    worker = processes.worker()
+    wait_for(lambda: client.get(f"/api/training/jobs/{job_id}").json()["step"] >= 20, 400, "Unsloth steps")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    stopped = client.get(f"/api/training/jobs/{job_id}").json()
+    print("UNSLOTH STOPPED", json.dumps({k: stopped[k] for k in ("status", "step", "resume_from")}))
+    assert stopped["status"] == "queued" and stopped["resume_from"] == f"outputs/checkpoint-{stopped['step']}"
+
+    processes.worker("--exit-when-idle").wait(timeout=400)
+    done = client.get(f"/api/training/jobs/{job_id}").json()
+    print("UNSLOTH RESUMED", json.dumps({k: done[k] for k in ("status", "step", "attempt", "loss", "error")}))
+    assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 400

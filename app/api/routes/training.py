@@ -3,35 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, jobs
+from app import artifacts, checkpoints, jobs
 from app import status as training_status
 from app.api.deps import SessionDep, SettingsDep, require_token
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput
-from app.models import ArtifactList, JobPage, JobRead, JobStatus, TrainingStatus
+from app.models import ACTIVE_STATUSES, ArtifactList, ErrorBody, JobPage, JobRead, JobStatus, TrainingStatus
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
+
+
+def _errors(**codes: str) -> dict[int | str, dict[str, Any]]:
+    return {int(code.removeprefix("e")): {"model": ErrorBody, "description": text} for code, text in codes.items()}
+
 
 router = APIRouter(
     prefix="/api/training",
     tags=["training"],
     dependencies=[Depends(require_token)],
     route_class=YAMLBodyRoute,
+    responses=_errors(
+        e400="The body is not UTF-8 JSON (or YAML)",
+        e401="No token, or a wrong one (when the server has FORGE_API_TOKEN)",
+        e413="The request body is over FORGE_MAX_REQUEST_BYTES",
+        e422="Invalid input; each problem is named in `details`",
+    ),
 )
+NOT_FOUND = _errors(e404="No such job")
+CONFLICT = _errors(e409="The job is not in a state that allows this")
 
 
-def _inside_project(settings: Settings, value: str, param: str) -> Path:
-    root = settings.resolved_project_dir
+def _confined(value: str, param: str, roots: list[Path], what: str) -> Path:
+    """`value` resolved (symlinks followed) relative to the first root; it must land inside one of the roots."""
     path = Path(value).expanduser()
-    resolved = (path if path.is_absolute() else root / path).resolve()
-    if not resolved.is_relative_to(root):
+    resolved = (path if path.is_absolute() else roots[0] / path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
         raise InvalidInput(
-            f"{param} {value!r} points outside the project directory {root}; use a path inside it",
+            f"{param} {value!r} resolves to {resolved}, outside {what}; use a path inside it",
             code="path_outside_project",
             param=param,
         )
@@ -39,8 +53,9 @@ def _inside_project(settings: Settings, value: str, param: str) -> Path:
 
 
 def check_files(settings: Settings, config: TrainingConfig) -> None:
-    """Catch what would fail in the worker minutes later: files that are not there."""
-    dataset = _inside_project(settings, config.dataset.path, "dataset.path")
+    """Catch what would fail in the worker minutes later: files that are not there, or not ours to read."""
+    project = settings.resolved_project_dir
+    dataset = _confined(config.dataset.path, "dataset.path", [project], f"the project directory {project}")
     if not dataset.is_file():
         raise InvalidInput(
             f"dataset.path {config.dataset.path!r} does not exist (looked for {dataset}); "
@@ -56,9 +71,9 @@ def check_files(settings: Settings, config: TrainingConfig) -> None:
                 code="model_not_found",
                 param="model.name",
             )
-    elif name.startswith(("/", "./", "../", "~")):
-        path = Path(name).expanduser()
-        folder = path if path.is_absolute() else settings.resolved_project_dir / path
+    elif name.startswith(("/", "./", "../", "~")) or (project / name).exists():
+        roots = [project, *(folder.expanduser().resolve() for folder in settings.model_dirs)]
+        folder = _confined(name, "model.name", roots, "the project and FORGE_MODEL_DIRS")
         if not (folder / "config.json").is_file():
             raise InvalidInput(
                 f"model.name {name!r} is not a model folder (no config.json in {folder})",
@@ -78,47 +93,78 @@ def get_status(session: SessionDep) -> TrainingStatus:
     response_model=JobRead,
     status_code=status.HTTP_201_CREATED,
     summary="Start a fine-tuning job",
-    responses={422: {"description": "The config or its files are invalid; each problem is named."}},
+    responses=_errors(e409="This Idempotency-Key was used for a different config"),
     openapi_extra={
         "requestBody": {"content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/TrainingConfig"}}}}
     },
 )
-def start(config: TrainingConfig, session: SessionDep, settings: SettingsDep) -> JobRead:
+def start(
+    config: TrainingConfig,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Retrying a POST with the same key returns the job the first one created "
+            "(the same key with a different config is a 409).",
+        ),
+    ] = None,
+) -> JobRead:
     """Queue a job from a training config in the spec's shape (JSON, or YAML with `Content-Type: application/yaml`)."""
     check_files(settings, config)
-    return JobRead.from_job(jobs.create(session, config))
+    job, created = jobs.create(session, config, idempotency_key=idempotency_key)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobRead.from_job(job)
 
 
-@router.post("/cancel", response_model=JobRead, summary="Cancel the current job")
+@router.post("/cancel", response_model=JobRead, summary="Cancel the current job", responses=CONFLICT)
 def cancel_current(session: SessionDep) -> JobRead:
     current = jobs.current(session)
-    if current is None or current.status not in (JobStatus.queued, JobStatus.running):
+    if current is None or current.status not in (JobStatus.queued, *ACTIVE_STATUSES):
         raise Conflict("no queued or running job to cancel", code="nothing_to_cancel")
     return JobRead.from_job(jobs.request_cancel(session, current.id))
 
 
+class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=200, description="Jobs per page.")
+    offset: int = Field(default=0, ge=0, description="Jobs to skip, newest first.")
+
+
 @router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")
-def list_jobs(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobPage:
-    rows, total = jobs.page(session, limit=limit, offset=offset)
-    return JobPage(items=[JobRead.from_job(job) for job in rows], total=total, limit=limit, offset=offset)
+def list_jobs(session: SessionDep, query: Annotated[PageQuery, Query()]) -> JobPage:
+    rows, total = jobs.page(session, limit=query.limit, offset=query.offset)
+    return JobPage(items=[JobRead.from_job(job) for job in rows], total=total, limit=query.limit, offset=query.offset)
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead, summary="One job")
+@router.get("/jobs/{job_id}", response_model=JobRead, summary="One job", responses=NOT_FOUND)
 def get_job(job_id: str, session: SessionDep) -> JobRead:
     return JobRead.from_job(jobs.get(session, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job")
+@router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job", responses=NOT_FOUND | CONFLICT)
 def cancel_job(job_id: str, session: SessionDep) -> JobRead:
     """A queued job is cancelled at once; a running one stops at the end of its current step."""
     return JobRead.from_job(jobs.request_cancel(session, job_id))
 
 
-@router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, summary="A job's files")
+@router.post(
+    "/jobs/{job_id}/resume",
+    response_model=JobRead,
+    summary="Resume a job from its last checkpoint",
+    responses=NOT_FOUND | CONFLICT,
+)
+def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
+    """Queue again a job whose worker was lost, stopped or crashed; it continues from its newest complete checkpoint."""
+    job = jobs.get(session, job_id)
+    return JobRead.from_job(jobs.resume(session, job_id, checkpoints.for_job(settings.runs_dir, job)))
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, summary="A job's files", responses=NOT_FOUND)
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> ArtifactList:
     job = jobs.get(session, job_id)
     root = artifacts.run_dir(settings.runs_dir, job.id)
@@ -129,7 +175,7 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> A
     "/jobs/{job_id}/artifacts/{path:path}",
     response_class=FileResponse,
     summary="Download one of a job's files",
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "No such file"}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **_errors(e404="No such job or file")},
 )
 def download_artifact(job_id: str, path: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """Streams the file; nothing outside the job's run folder can be reached, whatever the path says."""

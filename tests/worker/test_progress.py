@@ -1,0 +1,59 @@
+"""The progress callback: what it reports, when it stops training, and how it spots divergence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from worker.progress import ProgressCallback
+
+
+def _run(losses: list[float], stop_mode: int = 0) -> tuple[ProgressCallback, TrainerControl, list[dict[str, Any]]]:
+    reports: list[dict[str, Any]] = []
+    callback = ProgressCallback(reports.append, lambda: stop_mode)
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    state, control = TrainerState(max_steps=100, num_train_epochs=1), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    for step, loss in enumerate(losses, start=1):
+        state.global_step, state.epoch = step, step / 100
+        callback.on_step_end(args, state, control)
+        callback.on_log(args, state, control, logs={"loss": loss, "learning_rate": 1e-4})
+        if control.should_training_stop:
+            break
+    return callback, control, reports
+
+
+def test_reports_steps_and_losses() -> None:
+    callback, control, reports = _run([3.0, 2.5, 2.0])
+    assert not control.should_training_stop and callback.diverged is None
+    assert [r["loss"] for r in reports if "loss" in r] == [3.0, 2.5, 2.0]
+    assert reports[0]["total_steps"] == 100
+
+
+def test_exploding_loss_is_divergence() -> None:
+    callback, control, _ = _run([2.0, 2.2, 19.0, 25.0, 1.0])
+    assert control.should_training_stop
+    assert callback.diverged is not None and "rose to 25 at step 4, from 2 at the start" in callback.diverged
+
+
+def test_nan_loss_is_divergence_and_is_not_reported_as_a_number() -> None:
+    callback, control, reports = _run([2.0, float("nan")])
+    assert control.should_training_stop and "the loss became nan at step 2" in (callback.diverged or "")
+    assert reports[-1]["loss"] is None
+
+
+def test_nan_gradient_is_divergence() -> None:
+    reports: list[dict[str, Any]] = []
+    callback = ProgressCallback(reports.append, lambda: 0)
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    state, control = TrainerState(max_steps=10, num_train_epochs=1, global_step=1), TrainerControl()
+    callback.on_log(args, state, control, logs={"loss": 12.0, "grad_norm": float("nan")})
+    assert control.should_training_stop and "gradient norm became nan at step 1" in (callback.diverged or "")
+
+
+def test_shutdown_saves_a_checkpoint_and_cancel_does_not() -> None:
+    callback, control, _ = _run([2.0], stop_mode=2)
+    assert control.should_training_stop and control.should_save and callback.stopped_by == 2
+    callback, control, _ = _run([2.0], stop_mode=1)
+    assert control.should_training_stop and not control.should_save and callback.stopped_by == 1
