@@ -130,3 +130,29 @@ def test_diverging_loss_stops_the_job_early(processes: Processes, project: Path,
     assert "the gradient norm became nan at step 1" in job["error"]["message"]
     assert "Lower training.learning_rate" in job["error"]["message"]
     assert job["step"] == 1
+
+
+def test_worker_stops_a_job_whose_lease_was_taken(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
+    import sqlite3
+
+    base = processes.api()
+    worker = processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
+    wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
+
+    # Another worker took the job over (as after a lease expiry): this one must stop and write nothing more.
+    with sqlite3.connect(project / ".factory" / "forge.db") as db:
+        db.execute("UPDATE job SET worker_id = 'thief', attempt = attempt + 1 WHERE id = ?", (job_id,))
+    taken_at = _job(client, job_id)
+
+    def stopped() -> bool:
+        log = "".join(p.read_text() for p in processes.logs.glob("worker-*.log"))
+        return "is no longer ours" in log and f"job {job_id}: running" in log
+
+    wait_for(stopped, 60, "the worker to give the job up")
+    time.sleep(1.5)
+    after = _job(client, job_id)
+    assert after["worker_id"] == "thief" and after["status"] == "running"
+    assert (after["step"], after["loss"]) == (taken_at["step"], taken_at["loss"])  # no late writes landed
+    assert worker.poll() is None

@@ -70,6 +70,8 @@ def test_submit_train_poll_and_download(processes: Processes, project: Path, tin
     weights = names["models/checkpoints/lora/adapter_model.safetensors"]
     body = client.get(f"/api/training/jobs/{job_id}/artifacts/{weights['name']}").content
     assert len(body) == weights["bytes"] and hashlib.sha256(body).hexdigest() == weights["sha256"]
+    part = client.get(f"/api/training/jobs/{job_id}/artifacts/{weights['name']}", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == body[:100]  # large files resume with Range requests
 
     lora_dir = project / "runs" / job_id / "models" / "checkpoints" / "lora"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_dir)

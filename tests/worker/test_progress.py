@@ -57,3 +57,17 @@ def test_shutdown_saves_a_checkpoint_and_cancel_does_not() -> None:
     assert control.should_training_stop and control.should_save and callback.stopped_by == 2
     callback, control, _ = _run([2.0], stop_mode=1)
     assert control.should_training_stop and not control.should_save and callback.stopped_by == 1
+
+
+def test_failures_are_classified_with_advice() -> None:
+    from worker.data import DataError
+    from worker.runner import _classify
+
+    assert _classify(DataError("train.jsonl:3: not JSON")) == ("dataset_invalid", "train.jsonl:3: not JSON")
+
+    class OutOfMemoryError(RuntimeError):  # the name torch.OutOfMemoryError has
+        pass
+
+    code, message = _classify(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert code == "out_of_memory" and "per_device_train_batch_size" in message and "max_seq_length" in message
+    assert _classify(ValueError("boom")) == ("training_failed", "ValueError: boom")
