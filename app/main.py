@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import checkpoints, jobs
+from app import status as training_status
 from app.api.limits import BodySizeLimit
 from app.api.routes import training
 from app.core.config import Settings, get_settings
@@ -70,6 +71,9 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
                 )
             for job_id, status in lost:
                 log.warning("job %s lost its worker; now %s", job_id, status.value)
+            if lost:  # no worker may be left to update the status file
+                with db.session() as session:
+                    training_status.refresh_file(session, settings.status_file)
         except Exception:  # a locked database now is retried at the next tick
             log.exception("could not check for lost jobs")
 

@@ -8,6 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from sqlmodel import Session
+
+from app import jobs
 from app.models import ACTIVE_STATUSES, Job, TrainingStatus
 
 
@@ -69,3 +72,10 @@ def write_file(path: Path, status: TrainingStatus) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def refresh_file(session: Session, path: Path) -> TrainingStatus:
+    """Write what GET /api/training shows now: called by whoever changed a job's state."""
+    current = of_job(jobs.current(session))
+    write_file(path, current)
+    return current

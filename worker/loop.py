@@ -193,5 +193,4 @@ class Worker:
 
     def _write_status(self) -> None:
         with self.db.session() as session:
-            current = jobs.current(session)
-        training_status.write_file(self.settings.status_file, training_status.of_job(current))
+            training_status.refresh_file(session, self.settings.status_file)

@@ -212,8 +212,11 @@ def test_unknown_job_is_404(client: TestClient) -> None:
 def test_cancel_queued_job_then_again_then_finished(client: TestClient, settings: Settings) -> None:
     assert client.post("/api/training/cancel").status_code == 409  # nothing to cancel
     job_id = client.post("/api/training", json=SPEC_CONFIG).json()["id"]
+    status_file = settings.status_file
+    assert json.loads(status_file.read_text())["status"] == "queued"  # the API writes it on every change
     cancelled = client.post("/api/training/cancel").json()
     assert cancelled["id"] == job_id and cancelled["status"] == "cancelled"
+    assert json.loads(status_file.read_text())["status"] == "cancelled"
     again = client.post(f"/api/training/jobs/{job_id}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 

@@ -90,6 +90,9 @@ def test_killed_worker_is_noticed_through_its_lease(processes: Processes, projec
     wait_for(lambda: _job(client, job_id)["status"] == "failed", 60, "the lost job to be failed")
     assert time.monotonic() - killed_at < 30
     assert _job(client, job_id)["error"]["code"] == "worker_lost"
+    # The status file says so too, though no worker is left to write it.
+    on_disk = json.loads((project / ".factory" / "training-status.json").read_text())
+    assert on_disk["running"] is False and on_disk["error_code"] == "worker_lost"
 
 
 def test_bad_dataset_fails_with_the_line_at_fault(processes: Processes, project: Path, tiny_model_dir: Path) -> None:

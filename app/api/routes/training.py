@@ -115,17 +115,19 @@ def start(
     """Queue a job from a training config in the spec's shape (JSON, or YAML with `Content-Type: application/yaml`)."""
     check_files(settings, config)
     job, created = jobs.create(session, config, idempotency_key=idempotency_key)
-    if not created:
+    if created:
+        training_status.refresh_file(session, settings.status_file)
+    else:
         response.headers["Idempotent-Replayed"] = "true"
     return JobRead.from_job(job)
 
 
 @router.post("/cancel", response_model=JobRead, summary="Cancel the current job", responses=CONFLICT)
-def cancel_current(session: SessionDep) -> JobRead:
+def cancel_current(session: SessionDep, settings: SettingsDep) -> JobRead:
     current = jobs.current(session)
     if current is None or current.status not in (JobStatus.queued, *ACTIVE_STATUSES):
         raise Conflict("no queued or running job to cancel", code="nothing_to_cancel")
-    return JobRead.from_job(jobs.request_cancel(session, current.id))
+    return cancel_job(current.id, session, settings)
 
 
 class PageQuery(BaseModel):
@@ -147,9 +149,11 @@ def get_job(job_id: str, session: SessionDep) -> JobRead:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job", responses=NOT_FOUND | CONFLICT)
-def cancel_job(job_id: str, session: SessionDep) -> JobRead:
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
     """A queued job is cancelled at once; a running one stops at the end of its current step."""
-    return JobRead.from_job(jobs.request_cancel(session, job_id))
+    job = jobs.request_cancel(session, job_id)
+    training_status.refresh_file(session, settings.status_file)
+    return JobRead.from_job(job)
 
 
 @router.post(
@@ -160,8 +164,9 @@ def cancel_job(job_id: str, session: SessionDep) -> JobRead:
 )
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
     """Queue again a job whose worker was lost, stopped or crashed; it continues from its newest complete checkpoint."""
-    job = jobs.get(session, job_id)
-    return JobRead.from_job(jobs.resume(session, job_id, checkpoints.for_job(settings.runs_dir, job)))
+    job = jobs.resume(session, job_id, checkpoints.for_job(settings.runs_dir, jobs.get(session, job_id)))
+    training_status.refresh_file(session, settings.status_file)
+    return JobRead.from_job(job)
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, summary="A job's files", responses=NOT_FOUND)
