@@ -12,10 +12,6 @@ _REQUIRED = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "train
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoints_dir(runs_dir: Path, job: Job) -> Path:
-    return runs_dir / job.id / job.config["training"]["output_dir"]
-
-
 def latest_complete(folder: Path) -> Path | None:
     """The newest checkpoint-N folder holding everything a resume needs, or None."""
     if not folder.is_dir():
@@ -28,7 +24,12 @@ def latest_complete(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def in_run(run_dir: Path, output_dir: str) -> str | None:
+    """The newest complete checkpoint under a run folder's output_dir, relative to the run folder."""
+    latest = latest_complete(run_dir / output_dir)
+    return latest.relative_to(run_dir).as_posix() if latest else None
+
+
 def for_job(runs_dir: Path, job: Job) -> str | None:
     """The job's newest complete checkpoint, relative to its run folder."""
-    latest = latest_complete(checkpoints_dir(runs_dir, job))
-    return latest.relative_to(runs_dir / job.id).as_posix() if latest else None
+    return in_run(runs_dir / job.id, job.config["training"]["output_dir"])

@@ -11,6 +11,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from worker.runner import SHUTDOWN
+
 log = logging.getLogger("forge.worker.job")
 
 
@@ -67,7 +69,7 @@ class ProgressCallback(TrainerCallback):
             self.stopped_by = mode
             control.should_training_stop = True
             # A shutdown saves a checkpoint of this step, so the job resumes here on another worker.
-            control.should_save = mode == 2
+            control.should_save = mode == SHUTDOWN
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs:

@@ -222,10 +222,9 @@ def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
         stats = runner.run()
     except Stopped as stop:
         if stop.mode == SHUTDOWN:
-            from app.checkpoints import latest_complete
+            from app.checkpoints import in_run
 
-            latest = latest_complete(run_dir / runner.config.training.output_dir)
-            checkpoint = latest.relative_to(run_dir).as_posix() if latest else spec.resume_from
+            checkpoint = in_run(run_dir, runner.config.training.output_dir) or spec.resume_from
             log.info("stopped for a worker shutdown; resumes from %s", checkpoint or "the start")
             conn.send({"type": "interrupted", "checkpoint": checkpoint})
         else:
