@@ -1,8 +1,9 @@
 """Every job state change, each a single guarded UPDATE, so that no two processes can disagree.
 
-queued -> running [-> cancelling] -> succeeded | failed | cancelled; terminal states never change. A running
-job belongs to one (worker_id, attempt) pair; the worker's writes only land while that pair still holds it.
-A job that stopped with a complete checkpoint can go back to queued and resume from it.
+queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running job belongs to one
+(worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
+with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
+explicit exception asked for by a person: `resume` re-queues a job failed as worker_lost or worker_crashed.
 """
 
 from __future__ import annotations
@@ -227,17 +228,18 @@ def _requeued(checkpoint: str | None) -> dict[str, Any]:
     }
 
 
-def resume(session: Session, job_id: str, checkpoint: str | None) -> Job:
-    """Queue a job that a lost, stopped or crashed worker left behind again, from its last checkpoint."""
+def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | None]) -> Job:
+    """Queue a job that a lost or crashed worker left behind again, from its last complete checkpoint."""
     job = get(session, job_id)
     if job.status != JobStatus.failed or job.error_code not in RESUMABLE_ERRORS:
         raise Conflict(
             f"job {job_id} is {job.status.value}"
             + (f" ({job.error_code})" if job.error_code else "")
-            + "; only jobs whose worker was lost, stopped or crashed can be resumed",
+            + "; only jobs whose worker was lost or crashed can be resumed",
             code="not_resumable",
             param="job_id",
         )
+    checkpoint = checkpoint_of(job)
     if checkpoint is None:
         raise Conflict(
             f"job {job_id} has no complete checkpoint to resume from; set training.save_steps to keep "

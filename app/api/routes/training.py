@@ -163,8 +163,8 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     responses=NOT_FOUND | CONFLICT,
 )
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
-    """Queue again a job whose worker was lost, stopped or crashed; it continues from its newest complete checkpoint."""
-    job = jobs.resume(session, job_id, checkpoints.for_job(settings.runs_dir, jobs.get(session, job_id)))
+    """Queue again a job whose worker was lost or crashed; it continues from its newest complete checkpoint."""
+    job = jobs.resume(session, job_id, lambda job: checkpoints.for_job(settings.runs_dir, job))
     training_status.refresh_file(session, settings.status_file)
     return JobRead.from_job(job)
 
