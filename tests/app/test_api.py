@@ -333,3 +333,9 @@ def test_artifact_paths_cannot_escape_the_run_folder(client: TestClient, setting
         assert response.status_code == 404, attack
         assert "top secret" not in response.text and "outside" not in response.text
         assert "root:" not in response.text
+
+
+def test_huge_offset_is_an_empty_page_or_422_never_500(client: TestClient) -> None:
+    assert client.get("/api/training/jobs", params={"offset": 2**63 - 1}).json()["items"] == []
+    response = client.get("/api/training/jobs", params={"offset": 2**63})
+    assert response.status_code == 422 and response.json()["details"][0]["param"] == "query.offset"
