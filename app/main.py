@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = Database(settings)
+        app.state.status_cache = training_status.StatusCache(app.state.db)
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         reaper = asyncio.create_task(_reap_lost_jobs(app.state.db, settings))
         try:
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            app.state.status_cache.close()
             app.state.db.dispose()
 
     app = FastAPI(title="Forge Trainer", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

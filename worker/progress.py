@@ -74,7 +74,14 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs:
             return
-        entry = {"step": state.global_step, "epoch": float(state.epoch or 0.0), **logs}
+        # Wall time and tokens seen make the history a throughput record too (bench/train_throughput.py).
+        entry = {
+            "step": state.global_step,
+            "epoch": float(state.epoch or 0.0),
+            "time": round(time.time(), 3),
+            "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            **logs,
+        }
         self.log_history.append(entry)
         log.info("metrics %s", json.dumps(entry, default=float))
         update: dict[str, Any] = {"type": "progress", "step": state.global_step}

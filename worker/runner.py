@@ -173,6 +173,7 @@ class JobRunner:
             "tokens_seen": seen,
             "tokens_per_second": round(seen / runtime, 1) if runtime > 0 and seen else None,
             "wall_seconds": round(time.monotonic() - started, 3),
+            "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
             "data": backend.data_stats,  # type: ignore[attr-defined]
             "exports": exports,
             "log_history": progress.log_history,
@@ -181,6 +182,12 @@ class JobRunner:
         metrics_dir.mkdir(parents=True, exist_ok=True)
         (metrics_dir / "training-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         return stats
+
+
+def _peak_gpu_memory_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -217,6 +224,11 @@ def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
+    # container keeps on a volume: the next process on this machine skips most of the minutes of compiling.
+    compile_cache = Path(spec.cache_dir) / "compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
     runner = JobRunner(spec, conn, stop_flag)
     try:
         stats = runner.run()

@@ -13,18 +13,25 @@ from sqlmodel import Session
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import Unauthorized
+from app.status import StatusCache
 
 _bearer = HTTPBearer(auto_error=False, description="Set when the server has FORGE_API_TOKEN.")
 
 
-def get_settings(request: Request) -> Settings:
+# The cheap dependencies are `async`: a sync one would cost every request a hop to the thread pool.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
+
+
+async def get_status_cache(request: Request) -> StatusCache:
+    cache: StatusCache = request.app.state.status_cache
+    return cache
 
 
 def get_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
@@ -32,7 +39,7 @@ def get_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
         yield session
 
 
-def require_token(
+async def require_token(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -51,3 +58,4 @@ def require_token(
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]

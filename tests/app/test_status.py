@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from app import status
+from app.core.config import Settings
 from app.models import Job, JobStatus
 from app.training_config import TrainingConfig
 
@@ -29,3 +31,24 @@ def test_status_file_is_replaced_whole(tmp_path: Path) -> None:
     status.write_file(path, status.of_job(job))
     assert json.loads(path.read_text())["error"] == "boom"
     assert [p.name for p in path.parent.iterdir()] == ["training-status.json"]  # no temp files left
+
+
+def test_polled_status_follows_writes_from_other_connections(settings: Settings) -> None:
+    """GET /api/training is served from memory, yet shows a worker's write (another connection) at once."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/api/training", json={"training": {"max_steps": 50}}).json()
+        assert client.get("/api/training").json()["step"] == 0
+        assert client.get(f"/api/training/jobs/{created['id']}").json()["step"] == 0
+        # What a worker process does: its own connection, its own commit.
+        db_file = settings.sqlalchemy_url.removeprefix("sqlite:///")
+        with sqlite3.connect(db_file) as other:
+            other.execute("UPDATE job SET status = 'running', step = 7, loss = 1.25 WHERE id = ?", (created["id"],))
+        for _ in range(3):  # repeated polls keep answering the new state
+            now = client.get("/api/training").json()
+            assert (now["step"], now["loss"], now["running"]) == (7, 1.25, True)
+            assert client.get(f"/api/training/jobs/{created['id']}").json()["step"] == 7
+        assert client.get("/api/training/jobs/0123456789abcdef").status_code == 404

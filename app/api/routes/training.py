@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app import artifacts, checkpoints, jobs
 from app import status as training_status
-from app.api.deps import SessionDep, SettingsDep, require_token
+from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, require_token
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput
@@ -82,10 +82,15 @@ def check_files(settings: Settings, config: TrainingConfig) -> None:
             )
 
 
+def _json(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
+
+
 @router.get("", response_model=TrainingStatus, summary="Status of the current job (Forge UI)")
-def get_status(session: SessionDep) -> TrainingStatus:
+async def get_status(cache: StatusCacheDep) -> Response:
     """The running job, else the latest job, else an idle object: the flat shape TrainingProgress.tsx polls."""
-    return training_status.of_job(jobs.current(session))
+    # Served from memory until the database changes (app.status.StatusCache): polling costs no query.
+    return _json(cache.status())
 
 
 @router.post(
@@ -145,8 +150,8 @@ def list_jobs(session: SessionDep, query: Annotated[PageQuery, Query()]) -> JobP
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, summary="One job", responses=NOT_FOUND)
-def get_job(job_id: str, session: SessionDep) -> JobRead:
-    return JobRead.from_job(jobs.get(session, job_id))
+async def get_job(job_id: str, cache: StatusCacheDep) -> Response:
+    return _json(cache.job(job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job", responses=NOT_FOUND | CONFLICT)
