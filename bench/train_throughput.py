@@ -305,6 +305,8 @@ def main() -> None:
                 row[f"job{i + 1}_tokens_per_s"] = steady_tokens_per_second(job["history"], a.warmup)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if a.json:  # after each stack, so a run cut short keeps what it measured
+            a.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     by = {r["stack"]: r for r in rows if "tokens_per_s" in r}
     ratios = {}
     if "worker" in by and "unsloth" in by:
