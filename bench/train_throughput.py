@@ -275,7 +275,7 @@ def main() -> None:
     from bench.shapes import build
     from worker import embedded
 
-    a.work = a.work or Path(tempfile.mkdtemp(prefix="forge-bench-train-"))
+    a.work = (a.work or Path(tempfile.mkdtemp(prefix="forge-bench-train-"))).resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     cache = Path(os.environ.get("FORGE_CACHE_DIR", Path.home() / ".cache" / "forge-trainer"))
     tokenizer_dir = embedded.tokenizer_dir(cache)
