@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from app import checkpoints, jobs
@@ -17,11 +18,22 @@ from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
-from worker.runner import CANCEL, SHUTDOWN, JobSpec, child_main
+from worker.runner import CANCEL, RUN, SHUTDOWN, JobSpec, child_main
 
 log = logging.getLogger("forge.worker")
 
 PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
+
+
+@dataclass
+class _Child:
+    """A training process (worker/runner.py child_main) and the pipe and stop flag that reach it."""
+
+    process: Any
+    conn: Any
+    stop_flag: Any
+    backend: str
+    idle_since: float = 0.0
 
 
 class Worker:
@@ -31,6 +43,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
+        self.child: _Child | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -52,10 +65,12 @@ class Worker:
             if job is None:
                 if exit_when_idle:
                     break
+                self._retire_idle_child()
                 time.sleep(self.settings.worker_poll_seconds)
                 continue
             self.run_job(job)
             done += 1
+        self._retire_child()
         self.db.dispose()
         return done
 
@@ -81,17 +96,57 @@ class Worker:
             cache_dir=str(self.settings.cache_dir),
             resume_from=job.resume_from,
         )
-        parent_conn, child_conn = self.context.Pipe(duplex=False)
-        stop_flag = self.context.Value("i", 0)
-        child = self.context.Process(target=child_main, args=(spec, child_conn, stop_flag), daemon=True)
-        child.start()
+        child = self._child_for(str(job.config.get("backend", "auto")))
+        child.stop_flag.value = RUN
+        child.conn.send(spec)
+        outcome = self._supervise(job, child.process, child.conn, child.stop_flag)
+        clean = (
+            outcome is not None
+            and child.process.is_alive()
+            and not outcome.get("killed")
+            and (outcome["type"] == "succeeded" or (outcome["type"] == "stopped" and outcome.get("reason") == "cancel"))
+        )
+        if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
+            self._retire_child()  # also collects the exit code of a child that died
+        else:
+            child.idle_since = time.monotonic()
+        self._finish(job, outcome, child.process.exitcode)
+
+    # -- the training process, kept warm between jobs ------------------------------------------------------
+    def _child_for(self, backend: str) -> _Child:
+        """The warm training process when it fits this job (same backend setting), else a fresh one.
+
+        A process that imported Unsloth has patched transformers for good, so jobs asking for another backend
+        get a process of their own.
+        """
+        child = self.child
+        if child is not None and child.process.is_alive() and child.backend == backend:
+            log.info("reusing the warm training process (pid %s)", child.process.pid)
+            return child
+        self._retire_child()
+        parent_conn, child_conn = self.context.Pipe()
+        stop_flag = self.context.Value("i", RUN)
+        process = self.context.Process(target=child_main, args=(child_conn, stop_flag), daemon=True)
+        process.start()
         child_conn.close()
-        outcome = self._supervise(job, child, parent_conn, stop_flag)
-        child.join(timeout=30)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        self._finish(job, outcome, child.exitcode)
+        self.child = _Child(process, parent_conn, stop_flag, backend)
+        return self.child
+
+    def _retire_child(self) -> None:
+        child, self.child = self.child, None
+        if child is None:
+            return
+        child.conn.close()  # the child's next read ends: it exits
+        child.process.join(timeout=30)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join()
+
+    def _retire_idle_child(self) -> None:
+        child = self.child
+        if child is not None and time.monotonic() - child.idle_since > self.settings.worker_keep_warm_seconds:
+            log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
+            self._retire_child()
 
     def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> dict[str, Any] | None:
         pending: dict[str, Any] = {}

@@ -1,17 +1,19 @@
 """One job, in the spec's order: load model -> attach LoRA -> prepare data -> train -> save.
 
 Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
-down. It talks to the worker through a pipe (progress, phases, the outcome) and watches a shared flag with
+down; the process stays for the worker's next job while jobs end cleanly (`child_main`). It talks to the worker through a pipe (progress, phases, the outcome) and watches a shared flag with
 which the worker asks it to stop at the end of the current step: to cancel, or to shut down after saving a
 checkpoint the job resumes from.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -190,7 +192,7 @@ def _peak_gpu_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
-def _setup_logging(run_dir: Path) -> None:
+def _setup_logging(run_dir: Path) -> logging.Handler:
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / "training.log")
@@ -198,6 +200,7 @@ def _setup_logging(run_dir: Path) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    return handler
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -214,24 +217,46 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "training_failed", f"{name}: {exc}"
 
 
-def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
-    """Entry point of the training child process."""
-    # Ctrl-C in a terminal reaches the whole process group; the worker decides when this job stops.
+def child_main(conn: Any, stop_flag: Any) -> None:
+    """Entry point of the training child process: the jobs the worker sends, one at a time.
+
+    The process outlives a job: the next one on the same backend skips importing Unsloth and, with the
+    compiled kernels still in memory, most of the compiling. After a job that did not end cleanly (a failure,
+    a shutdown) it exits, so that a broken CUDA context or a half-patched library never meets the next job.
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    run_dir = Path(spec.run_dir)
-    _setup_logging(run_dir)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    # Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
-    # container keeps on a volume: the next process on this machine skips most of the minutes of compiling.
-    compile_cache = Path(spec.cache_dir) / "compile"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+    jobs_run = 0
+    while True:
+        try:
+            spec = conn.recv()
+        except EOFError:  # the worker closed the pipe: it retires this process
+            return
+        # Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
+        # container keeps on a volume: a new process on this machine skips most of the minutes of compiling.
+        compile_cache = Path(spec.cache_dir) / "compile"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+        reusable = run_one(spec, conn, stop_flag, warm=jobs_run > 0)
+        jobs_run += 1
+        if not reusable:
+            conn.close()
+            return
+
+
+def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
+    """Run one job and send its outcome; True when this process is fit for another job."""
+    run_dir = Path(spec.run_dir)
+    handler = _setup_logging(run_dir)
     runner = JobRunner(spec, conn, stop_flag)
+    reusable = False
     try:
         stats = runner.run()
+        stats["warm_start"] = warm
     except Stopped as stop:
         if stop.mode == SHUTDOWN:
             from app.checkpoints import in_run
@@ -242,6 +267,7 @@ def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
         else:
             log.info("cancelled at the worker's request")
             conn.send({"type": "stopped"})
+            reusable = True
     except BaseException as exc:
         log.error("job failed:\n%s", traceback.format_exc())
         code, message = _classify(exc)
@@ -249,5 +275,18 @@ def child_main(spec: JobSpec, conn: Any, stop_flag: Any) -> None:
     else:
         log.info("done: %d steps, final loss %s", stats["steps"], stats["final_loss"])
         conn.send({"type": "succeeded", "result": {k: v for k, v in stats.items() if k != "log_history"}})
+        reusable = True
     finally:
-        conn.close()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        del runner
+        _release_memory()
+    return reusable
+
+
+def _release_memory() -> None:
+    """Give back what the finished job held (model, optimizer state, cached CUDA blocks) before the next one."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

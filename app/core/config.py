@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Where the embedded model is converted once and kept.",
     )
     worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
+    worker_keep_warm_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="Keep the training process (imports, compiled kernels) for the next job this long; 0: a new one "
+        "per job.",
+    )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stops renewing it this long is failed."
     )

@@ -50,9 +50,9 @@ def test_submit_train_poll_and_download(processes: Processes, project: Path, tin
     status = client.get("/api/training").json()
     assert status["running"] is False and status["step"] == 12 and status["total_steps"] == 12
     assert status["job_id"] == job_id and status["error"] is None and status["eta_seconds"] == 0
-    # The status file holds the same flat object as the API.
-    on_disk = json.loads((project / ".factory" / "training-status.json").read_text())
-    assert on_disk == status
+    # The status file holds the same flat object as the API (the worker writes it just after the database).
+    status_file = project / ".factory" / "training-status.json"
+    wait_for(lambda: json.loads(status_file.read_text()) == status, 10, "the status file to match the API")
 
     assert final["backend"] == "transformers" and final["attempt"] == 1
     assert final["result"]["steps"] == 12 and final["result"]["data"]["examples"] == 48
@@ -79,3 +79,40 @@ def test_submit_train_poll_and_download(processes: Processes, project: Path, tin
 
     log_text = (project / "runs" / job_id / "logs" / "training.log").read_text()
     assert "phase: training" in log_text and '"loss"' in log_text
+
+
+def test_worker_keeps_its_training_process_between_clean_jobs(
+    processes: Processes, tiny_model_dir: Path, models_root: Path
+) -> None:
+    """Jobs after a clean one start warm (no imports, kernels compiled); a failure gets the next job a new process."""
+    broken = models_root / "no-weights"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    base = processes.api()
+    client = httpx.Client(base_url=base, timeout=10)
+    configs = [
+        tiny_config(tiny_model_dir),
+        tiny_config(broken),
+        tiny_config(tiny_model_dir),
+        tiny_config(tiny_model_dir),
+    ]
+    ids = [client.post("/api/training", json=c).json()["id"] for c in configs]
+    processes.worker("--exit-when-idle")
+
+    def all_done() -> list[dict] | None:
+        found = [client.get(f"/api/training/jobs/{job_id}").json() for job_id in ids]
+        return found if all(j["status"] in ("succeeded", "failed") for j in found) else None
+
+    first, failed, after_failure, warm = wait_for(all_done, 300, "four jobs")
+    assert [j["status"] for j in (first, failed, after_failure, warm)] == [
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+    assert failed["error"]["code"] == "model_not_found"
+    assert (first["result"]["warm_start"], after_failure["result"]["warm_start"]) == (False, False)
+    assert warm["result"]["warm_start"] is True
+    for job in (first, warm):  # each job's log holds its own run only
+        log_text = (processes.project / "runs" / job["id"] / "logs" / "training.log").read_text()
+        assert log_text.count("phase: loading_model") == 1
