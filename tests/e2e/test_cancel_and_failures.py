@@ -22,7 +22,7 @@ def test_cancel_stops_within_a_step_and_the_worker_goes_on(
 ) -> None:
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     long_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     next_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
 
@@ -50,7 +50,7 @@ def test_killed_training_process_fails_the_job_not_the_worker(
 ) -> None:
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 
@@ -77,7 +77,7 @@ def test_killed_worker_is_noticed_through_its_lease(processes: Processes, projec
     lease = {"FORGE_LEASE_SECONDS": "3"}
     base = processes.api(**lease)
     first = processes.worker(**lease)
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 
@@ -98,7 +98,7 @@ def test_killed_worker_is_noticed_through_its_lease(processes: Processes, projec
 def test_bad_dataset_fails_with_the_line_at_fault(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     bad = project / "data" / "splits" / "broken.jsonl"
     bad.write_text('{"conversations": [{"role": "user", "content": "hi"}]}\n')
     config = tiny_config(tiny_model_dir) | {"dataset": {"path": "data/splits/broken.jsonl"}}
@@ -125,7 +125,7 @@ def test_diverging_loss_stops_the_job_early(processes: Processes, project: Path,
 
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(poisoned, max_steps=300)).json()["id"]
     wait_for(lambda: _job(client, job_id)["status"] not in ("queued", "running"), 240, "the job to end")
     job = _job(client, job_id)
@@ -140,7 +140,7 @@ def test_worker_stops_a_job_whose_lease_was_taken(processes: Processes, project:
 
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 
