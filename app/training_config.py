@@ -90,7 +90,7 @@ class TrainingSection(_Section):
     eval_steps: int | None = Field(
         default=None,
         ge=1,
-        description="With a validation set: evaluation loss every this many steps; null: at the end of each epoch.",
+        description="With a validation set: its loss every N steps; null: at each epoch's end and the last step.",
     )
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
