@@ -14,7 +14,7 @@ from typing import Any
 from app.datasets.check import files
 from app.datasets.encoding import Encoded
 from app.datasets.templates import ChatTemplate
-from app.datasets.validation import FileReport, Lengths, Settings, check
+from app.datasets.validation import FileReport, Lengths, Rules, check
 from app.training_config import TrainingConfig
 
 
@@ -46,7 +46,7 @@ def _counts(report: FileReport) -> dict[str, Any]:
 def prepare(tokenizer: Any, template: ChatTemplate, config: TrainingConfig, project_dir: Path) -> Prepared:
     """Validated, templated (with the template installed on `tokenizer`) and tokenized train and eval rows."""
     checked = check(
-        files(config, project_dir), Settings.of(config), template, Lengths(tokenizer, template, chat_template=None)
+        files(config, project_dir), Rules.of(config), template, Lengths(tokenizer, template, chat_template=None)
     )
     if not checked.report.ok:
         raise DataError(checked.report.message)

@@ -9,7 +9,7 @@ from typing import Any
 from app.core.errors import InvalidInput
 from app.datasets import templates, tokenizers
 from app.datasets.templates import ChatTemplate
-from app.datasets.validation import Checked, Lengths, Report, Settings, check
+from app.datasets.validation import Checked, Lengths, Report, Rules, check
 from app.training_config import TrainingConfig
 
 
@@ -91,7 +91,7 @@ def for_config(config: TrainingConfig, project: Path, model_dirs: list[Path], ca
     name = template_name(config, tokenizers.model_folder(config.model.name, project, model_dirs))
     m = measure(config.model.name, name, project, model_dirs, cache_dir)
     with tokenizers.LOCK:
-        return check(chosen, Settings.of(config), m.template, m.lengths, m.note)
+        return check(chosen, Rules.of(config), m.template, m.lengths, m.note)
 
 
 def as_error(report: Report) -> InvalidInput:

@@ -394,7 +394,8 @@ NAMES = tuple(TEMPLATES)
 # Model names (the hub id or the folder's name, lower-cased) that tell the template.
 _NAME_HINTS = (
     ("gemma-3", ("gemma-3", "gemma3")),
-    ("llama-3.1", ("llama-3.1", "llama-3.2", "llama-3.3", "llama-3", "llama3")),
+    # Only 3.1: Llama 3's template has no dated system block, and 3.2's and 3.3's date it with today.
+    ("llama-3.1", ("llama-3.1", "llama3.1", "llama-31")),
     ("qwen-2.5", ("qwen2.5", "qwen-2.5", "qwen2_5")),
     ("mistral", ("mistral-7b-instruct-v0.3", "mistral")),
 )

@@ -26,12 +26,18 @@ def _load(source: str, local_only: bool) -> Any:
 
 
 def model_folder(name: str, project: Path, model_dirs: list[Path]) -> Path | None:
-    """The local folder a model name points at (absolute, or relative to the project), if it is one."""
-    if name.startswith("embedded:"):
+    """The model folder a name points at (absolute, or relative to the project), if it is one inside the project
+    or FORGE_MODEL_DIRS (the folders a job may load a model from)."""
+    if name.startswith("embedded:") or "\x00" in name:
         return None
+    roots = [project.resolve(), *(d.expanduser().resolve() for d in model_dirs)]
     path = Path(name).expanduser()
-    candidates = [path] if path.is_absolute() else [project / path, *(d.expanduser() / path for d in model_dirs)]
-    return next((c.resolve() for c in candidates if (c / "config.json").is_file()), None)
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if (resolved / "config.json").is_file() and any(resolved.is_relative_to(root) for root in roots):
+            return resolved
+    return None
 
 
 def for_model(name: str, project: Path, model_dirs: list[Path], cache_dir: Path) -> tuple[Any | None, str | None]:
@@ -44,6 +50,8 @@ def for_model(name: str, project: Path, model_dirs: list[Path], cache_dir: Path)
         folder = model_folder(name, project, model_dirs)
         if folder is not None:
             return _load(str(folder), True), None
+        if name.startswith(("/", ".", "~")):  # a path, but not to a model folder the API may read
+            raise FileNotFoundError(name)
         return _load(name, True), None
     except Exception as exc:  # no such file, no cached hub copy, a malformed folder: all mean "cannot measure"
         return None, (

@@ -79,8 +79,8 @@ class FileResult:
 
 
 @dataclass
-class Settings:
-    """What validation needs from a training config (so the API can validate without one too)."""
+class Rules:
+    """The format and the policy rows are checked by, taken from a training config's dataset and model sections."""
 
     format: str = "auto"
     invalid_rows: Literal["reject", "drop"] = "reject"
@@ -89,7 +89,7 @@ class Settings:
     max_seq_length: int = 2048
 
     @classmethod
-    def of(cls, config: Any) -> Settings:
+    def of(cls, config: Any) -> Rules:
         d = config.dataset
         return cls(d.format, d.invalid_rows, d.max_dropped_fraction, d.truncate_long_rows, config.model.max_seq_length)
 
@@ -113,9 +113,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 class _Checker:
     def __init__(
-        self, shown: str, param: str, settings: Settings, template: ChatTemplate | None, lengths: Lengths | None
+        self, shown: str, param: str, rules: Rules, template: ChatTemplate | None, lengths: Lengths | None
     ) -> None:
-        self.shown, self.param, self.settings, self.lengths = shown, param, settings, lengths
+        self.shown, self.param, self.rules, self.lengths = shown, param, rules, lengths
         self.control = template.control_tokens if template else ()
         self.problems: list[Problem] = []
         self.bad_lines: set[int] = set()
@@ -145,7 +145,7 @@ class _Checker:
         return None
 
     def measure(self, row: Row) -> None:
-        lengths, limit = self.lengths, self.settings.max_seq_length
+        lengths, limit = self.lengths, self.rules.max_seq_length
         assert lengths is not None
         try:
             text = render(lengths.tokenizer, row.turns, lengths.chat_template)
@@ -161,7 +161,7 @@ class _Checker:
                 f"after templating only {encoded.answers} of its {answers} answers can be found (an answer that "
                 "starts with whitespace can merge into the template's marker); strip leading whitespace",
             )
-        elif encoded.truncated and not self.settings.truncate_long_rows:
+        elif encoded.truncated and not self.rules.truncate_long_rows:
             self.problem(
                 row.line,
                 "too_long",
@@ -186,7 +186,7 @@ class _Checker:
             row.encoded = encoded
 
     def run(self, path: Path, seen_elsewhere: dict[str, tuple[str, int]]) -> tuple[FileResult, dict[str, int]]:
-        fmt = self.settings.format
+        fmt = self.rules.format
         how = "set by dataset.format"
         if fmt == "auto":
             fmt = self.detect(path) or ""
@@ -271,7 +271,7 @@ class _Checker:
         return FileResult(report, rows), seen
 
 
-def _verdict(report: FileReport, settings: Settings) -> str | None:
+def _verdict(report: FileReport, rules: Rules) -> str | None:
     """Why this file cannot be used, or None."""
     errors = [p for p in report.problems if p.severity == "error"]
     shown = "; ".join(p.text() for p in errors[:5])
@@ -281,16 +281,16 @@ def _verdict(report: FileReport, settings: Settings) -> str | None:
     if report.bad == 0:
         return None
     head = f"{report.bad} of {report.rows} rows in {report.file} are bad: {shown}{more}"
-    if settings.invalid_rows == "reject":
+    if rules.invalid_rows == "reject":
         return (
             f'{head}. Fix them, or set dataset.invalid_rows to "drop" to train without them '
-            f"(at most dataset.max_dropped_fraction={settings.max_dropped_fraction} of the rows)"
+            f"(at most dataset.max_dropped_fraction={rules.max_dropped_fraction} of the rows)"
         )
     if report.used == 0:
         return f"{head}. No row is left to use"
-    if report.bad > settings.max_dropped_fraction * report.rows:
+    if report.bad > rules.max_dropped_fraction * report.rows:
         return (
-            f"{head}. That is more than dataset.max_dropped_fraction={settings.max_dropped_fraction} of the rows; "
+            f"{head}. That is more than dataset.max_dropped_fraction={rules.max_dropped_fraction} of the rows; "
             "fix the data or raise the fraction"
         )
     return None
@@ -304,7 +304,7 @@ class Checked:
 
 def check(
     files: list[tuple[str, Path, str]],
-    settings: Settings,
+    rules: Rules,
     template: ChatTemplate | None,
     lengths: Lengths | None,
     note: str | None = None,
@@ -313,10 +313,10 @@ def check(
     results: dict[str, FileResult] = {}
     seen: dict[str, tuple[str, int]] = {}
     for param, path, shown in files:
-        result, keys = _Checker(shown, param, settings, template, lengths).run(path, seen)
+        result, keys = _Checker(shown, param, rules, template, lengths).run(path, seen)
         seen.update({key: (shown, line) for key, line in keys.items() if key not in seen})
         results[param] = result
-    verdicts = [v for v in (_verdict(r.report, settings) for r in results.values()) if v]
+    verdicts = [v for v in (_verdict(r.report, rules) for r in results.values()) if v]
     reports = [r.report for r in results.values()]
     if verdicts:
         message = " | ".join(verdicts)
@@ -332,10 +332,10 @@ def check(
         Report(
             ok=not verdicts,
             message=message,
-            invalid_rows=settings.invalid_rows,
-            max_dropped_fraction=settings.max_dropped_fraction,
+            invalid_rows=rules.invalid_rows,
+            max_dropped_fraction=rules.max_dropped_fraction,
             chat_template=template.name if template else None,
-            max_seq_length=settings.max_seq_length,
+            max_seq_length=rules.max_seq_length,
             lengths_checked=lengths is not None,
             note=note,
             files=reports,

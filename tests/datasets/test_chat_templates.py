@@ -181,6 +181,7 @@ def test_truncation_keeps_the_mask_of_what_remains(tokenizer_dir: Path) -> None:
         ("unsloth/Llama-3.1-8B-Instruct", None, "llama-3.1"),
         ("unsloth/Mistral-7B-Instruct-v0.3", None, "mistral"),
         ("unsloth/Qwen2.5-7B-Instruct", None, "qwen-2.5"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", None, None),  # Llama 3.0's template differs from 3.1's
         ("some/unknown-model", None, None),
     ],
 )

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.datasets.templates import TEMPLATES
-from app.datasets.validation import Lengths, Settings, check
+from app.datasets.validation import Lengths, Rules, check
 from tests.conftest import stand_in_tokenizer
 
 QA = [{"role": "user", "content": "What is 5 + 3?"}, {"role": "assistant", "content": "5 + 3 = 8."}]
@@ -25,7 +25,7 @@ def write(path: Path, rows: list[Any]) -> Path:
 
 
 def run(path: Path, **settings: Any) -> Any:
-    return check([("dataset.path", path, path.name)], Settings(**settings), TEMPLATES["gemma-3"], None)
+    return check([("dataset.path", path, path.name)], Rules(**settings), TEMPLATES["gemma-3"], None)
 
 
 def problems(checked: Any) -> list[tuple[int | None, str | None, str]]:
@@ -204,7 +204,7 @@ def test_validation_rows_repeating_training_rows_are_reported(tmp_path: Path) ->
     )
     checked = check(
         [("dataset.path", train, "train.jsonl"), ("dataset.val_path", val, "val.jsonl")],
-        Settings(),
+        Rules(),
         TEMPLATES["gemma-3"],
         None,
     )
@@ -226,7 +226,7 @@ def test_lengths_after_templating(tmp_path: Path, gemma: Lengths) -> None:
         tmp_path / "train.jsonl",
         [{"conversations": QA}, {"conversations": long_answer}, {"conversations": long_prompt}],
     )
-    cut = check([("dataset.path", path, "train.jsonl")], Settings(max_seq_length=32), TEMPLATES["gemma-3"], gemma)
+    cut = check([("dataset.path", path, "train.jsonl")], Rules(max_seq_length=32), TEMPLATES["gemma-3"], gemma)
     report = cut.report.files[0]
     assert [(p.line, p.code, p.severity) for p in report.problems] == [
         (2, "truncated", "warning"),
@@ -238,7 +238,7 @@ def test_lengths_after_templating(tmp_path: Path, gemma: Lengths) -> None:
     assert report.mean_tokens == 29.5  # QA is 27 tokens once templated; the long answer is cut to 32
     strict = check(
         [("dataset.path", path, "train.jsonl")],
-        Settings(max_seq_length=32, truncate_long_rows=False),
+        Rules(max_seq_length=32, truncate_long_rows=False),
         TEMPLATES["gemma-3"],
         gemma,
     )

@@ -16,8 +16,7 @@ from app.api.routes.training import _errors, check_files
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.errors import Conflict
 from app.datasets import check, store, templates, tokenizers
-from app.datasets.validation import Report
-from app.datasets.validation import Settings as RowSettings
+from app.datasets.validation import Report, Rules
 from app.datasets.validation import check as check_rows
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
 
@@ -128,7 +127,7 @@ def upload(
         with tokenizers.LOCK:
             checked = check_rows(
                 [("dataset.path", staging, shown)],
-                RowSettings.of(config),
+                Rules.of(config),
                 measured.template,
                 measured.lengths,
                 measured.note,
@@ -180,9 +179,9 @@ def list_datasets(
 
     def count(path: Path, stat: Any) -> store.DatasetInfo:
         # Counting only: every row is looked at whatever the policy; lengths are not capped.
-        settings_ = RowSettings(invalid_rows="drop", max_seq_length=1 << 30)
+        rules = Rules(invalid_rows="drop", max_seq_length=1 << 30)
         with tokenizers.LOCK:
-            report = check_rows([("dataset.path", path, path.name)], settings_, template, lengths).report
+            report = check_rows([("dataset.path", path, path.name)], rules, template, lengths).report
         return store.info(path, project, stat, report.files[0])
 
     items = [
