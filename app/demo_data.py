@@ -46,8 +46,17 @@ def _example(rng: random.Random) -> dict[str, object]:
 
 
 def generate(n: int, seed: int = 3407) -> list[dict[str, object]]:
+    """n different conversations (a repeated one is a bad row to the validation); the same seed, the same list."""
     rng = random.Random(seed)
-    return [_example(rng) for _ in range(n)]
+    rows: list[dict[str, object]] = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        row = _example(rng)
+        key = json.dumps(row, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
 
 
 def write_splits(data_dir: Path, sizes: tuple[int, int, int] = (160, 20, 20), seed: int = 3407) -> dict[str, Path]:

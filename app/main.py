@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import checkpoints, jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import training
+from app.api.routes import datasets, training
 from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import ForgeError
@@ -80,7 +80,7 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in training.router.routes:
+    for route in [*training.router.routes, *datasets.router.routes]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(training.router)
+    app.include_router(datasets.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -146,7 +147,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Idempotent-Replayed"],
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        uploads={datasets.router.prefix: settings.max_upload_bytes},
+    )
     return app
 
 

@@ -124,6 +124,10 @@ class ErrorDetail(BaseModel):
     param: str = PydanticField(description="The field at fault, dotted: `training.learning_rate`.")
     message: str
     type: str
+    # A bad dataset row (code dataset_invalid): where it is.
+    file: str | None = PydanticField(default=None, description="Dataset file, relative to the project.")
+    line: int | None = PydanticField(default=None, description="1-based line of the bad row.")
+    field: str | None = PydanticField(default=None, description="Field of the row at fault, e.g. `output`.")
 
 
 class ErrorBody(BaseModel):
@@ -205,6 +209,9 @@ class TrainingStatus(BaseModel):
     epoch_progress: float = PydanticField(default=0.0, description="Fractional epochs done.")
     tokens_per_second: float | None = None
     updated_at: datetime | None = None
+    eval_loss: float | None = PydanticField(
+        default=None, description="Loss on the validation split at the end of training, when there is one."
+    )
 
 
 class ArtifactRead(BaseModel):

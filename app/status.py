@@ -58,6 +58,7 @@ def of_job(job: Job | None) -> TrainingStatus:
         epoch_progress=round(job.epoch, 4),
         tokens_per_second=job.tokens_per_second,
         updated_at=job.updated_at,
+        eval_loss=(job.result or {}).get("eval_loss"),
     )
 
 

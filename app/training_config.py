@@ -87,6 +87,11 @@ class TrainingSection(_Section):
         description="Keep a resumable checkpoint every this many steps; null keeps none (a lost job cannot resume).",
     )
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    eval_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="With a validation set: its loss every N steps; null: at each epoch's end and the last step.",
+    )
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
     )
@@ -101,10 +106,47 @@ class DatasetSection(_Section):
     path: str = Field(
         default="data/splits/train.jsonl",
         min_length=1,
-        description="ShareGPT JSONL, relative to the project directory.",
+        description="Training JSONL, relative to the project directory.",
+    )
+    val_path: str | None = Field(
+        default="auto",
+        min_length=1,
+        description=(
+            'Validation JSONL for the evaluation loss, relative to the project. "auto": the val.jsonl beside '
+            "`path`, when there is one; null: no evaluation."
+        ),
+    )
+    format: Literal["auto", "sharegpt", "sharegpt-from-value", "openai", "alpaca"] = Field(
+        default="auto",
+        description=(
+            "Row format: sharegpt (conversations of role/content), sharegpt-from-value (from/value, human/gpt), "
+            "openai (messages), alpaca (instruction/input/output, the Data Factory format); auto: detected per file."
+        ),
     )
     text_field: str = Field(default="text", description="Column the templated text is written to.")
-    chat_template: Literal["gemma-3"] = Field(default="gemma-3", description="Chat template for the turns.")
+    chat_template: Literal["gemma-3", "llama-3.1", "mistral", "qwen-2.5"] | None = Field(
+        default=None, description="Chat template for the turns; null: inferred from the model."
+    )
+    invalid_rows: Literal["reject", "drop"] = Field(
+        default="reject", description="A bad row refuses the job (reject), or is left out (drop)."
+    )
+    max_dropped_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description='With invalid_rows "drop": the job is still refused when more than this share of a file is bad.',
+    )
+    truncate_long_rows: bool = Field(
+        default=True,
+        description="Cut rows longer than model.max_seq_length after templating (counted); false: they are bad rows.",
+    )
+
+    @field_validator("path", "val_path")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must be a file path (it contains a NUL character)")
+        return value
 
 
 class SaveSection(_Section):

@@ -33,6 +33,37 @@ def tokenizer_dir() -> Path:
     return embedded.tokenizer_dir(cache_dir())
 
 
+# Each supported model's special tokens, added to the real Gemma 3 vocabulary: no other model's tokenizer is
+# installable here, and what templating and masking depend on is that these strings are single special tokens.
+STAND_IN_TOKENS: dict[str, dict[str, Any]] = {
+    "llama-3.1": {
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    },
+    "mistral": {"bos": "<s>", "eos": "</s>", "special": ["<s>", "</s>", "[INST]", "[/INST]"]},
+    "qwen-2.5": {"bos": None, "eos": "<|im_end|>", "special": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]},
+}
+
+
+def stand_in_tokenizer(tokenizer_dir: Path, template: str) -> Any:
+    """The real Gemma 3 tokenizer for gemma-3; for another template, Gemma's vocabulary with that model's
+    special tokens (bos, eos and turn markers), as a plain fast tokenizer."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    gemma = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if template == "gemma-3":
+        return gemma
+    tokens = STAND_IN_TOKENS[template]
+    backend = Tokenizer.from_str(gemma.backend_tokenizer.to_str())
+    backend.post_processor = None
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens["special"]])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=tokens["bos"], eos_token=tokens["eos"], pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where test models live: outside the projects, so the API is told about it (FORGE_MODEL_DIRS)."""

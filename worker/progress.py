@@ -71,6 +71,12 @@ class ProgressCallback(TrainerCallback):
             # A shutdown saves a checkpoint of this step, so the job resumes here on another worker.
             control.should_save = mode == SHUTDOWN
 
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Evaluation at an epoch's end also runs when training is cut short; a cancel, a shutdown or a
+        # divergence should stop now, not after a pass over the validation set.
+        if self.stopped_by is not None or self.diverged:
+            control.should_evaluate = False
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs:
             return

@@ -1,9 +1,10 @@
 """One job, in the spec's order: load model -> attach LoRA -> prepare data -> train -> save.
 
 Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
-down; the process stays for the worker's next job while jobs end cleanly (`child_main`). It talks to the worker through a pipe (progress, phases, the outcome) and watches a shared flag with
-which the worker asks it to stop at the end of the current step: to cancel, or to shut down after saving a
-checkpoint the job resumes from.
+down; the process stays for the worker's next job while jobs end cleanly (`child_main`). It talks to the
+worker through a pipe (progress, phases, the outcome) and watches a shared flag with which the worker asks it
+to stop at the end of the current step: to cancel, or to shut down after saving a checkpoint the job resumes
+from.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 from app.models import JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker.data import DataError, read_sharegpt
+from worker import chat_templates
+from worker.data import prepare
 
 log = logging.getLogger("forge.worker.job")
 
@@ -125,17 +127,14 @@ class JobRunner:
         model = backend.attach_lora(model, self.config)
 
         self.phase(JobPhase.preparing_data)
-        dataset_path = (self.project_dir / self.config.dataset.path).resolve()
-        if not dataset_path.is_file():
-            raise DataError(f"dataset.path {self.config.dataset.path!r} does not exist ({dataset_path})")
-        conversations = read_sharegpt(dataset_path)
-        dataset = backend.prepare_data(tokenizer, conversations.items, self.config)
-        log.info("data: %s", json.dumps(backend.data_stats))  # type: ignore[attr-defined]
+        data = prepare(tokenizer, chat_templates.for_job(self.config, model_path), self.config, self.project_dir)
+        dataset, eval_dataset = backend.prepare_data(data)
+        log.info("data: %s", json.dumps(data.stats))
 
         self.phase(JobPhase.training)
         progress = ProgressCallback(self.report, self.stop_mode)
-        args = sft_config(self.config, self.run_dir)
-        trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress])
+        args = sft_config(self.config, self.run_dir, evaluate=eval_dataset is not None)
+        trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress], eval_dataset)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
         resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None
         if resume:
@@ -176,7 +175,8 @@ class JobRunner:
             "tokens_per_second": round(seen / runtime, 1) if runtime > 0 and seen else None,
             "wall_seconds": round(time.monotonic() - started, 3),
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
-            "data": backend.data_stats,  # type: ignore[attr-defined]
+            "data": data.stats,
+            "eval_loss": next((e["eval_loss"] for e in reversed(progress.log_history) if "eval_loss" in e), None),
             "exports": exports,
             "log_history": progress.log_history,
         }

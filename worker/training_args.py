@@ -23,13 +23,17 @@ def optimizer(name: str) -> str:
     return name
 
 
-def sft_config(config: TrainingConfig, run_dir: Path) -> SFTConfig:
+def sft_config(config: TrainingConfig, run_dir: Path, evaluate: bool = False) -> SFTConfig:
+    """`evaluate`: there is a validation set; its loss is computed every eval_steps, or at each epoch's end."""
     t = config.training
     dtype = compute_dtype(config)
     cuda = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(run_dir / t.output_dir),
         per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        eval_strategy=("steps" if t.eval_steps else "epoch") if evaluate else "no",
+        eval_steps=t.eval_steps,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         warmup_steps=t.warmup_steps,
         max_steps=t.max_steps if t.max_steps is not None else -1,

@@ -9,11 +9,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """413 for a body over `max_bytes`: by Content-Length when given, else by counting while it arrives."""
+    """413 for a body over `max_bytes`: by Content-Length when given, else by counting while it arrives.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths in `uploads` (exact) take up to their own, larger limit and must declare a Content-Length (411
+    otherwise), so an upload is never held in memory to be measured.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -21,9 +26,13 @@ class BodySizeLimit:
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
+        limit = self.uploads.get(scope["path"].rstrip("/"), self.max_bytes)
+        if scope["path"].rstrip("/") in self.uploads and scope["method"] == "POST" and declared is None:
+            await self._send(send, 411, "length_required", "send the upload with a Content-Length header")
+            return
         if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                await self._refuse(send)
+            if not declared.isdigit() or int(declared) > limit:
+                await self._refuse(send, limit)
                 return
             await self.app(scope, receive, send)
             return
@@ -39,7 +48,7 @@ class BodySizeLimit:
                 return
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(send, self.max_bytes)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -55,17 +64,17 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body: dict[str, Any] = {
-            "code": "request_too_large",
-            "message": f"the request body is over the {self.max_bytes}-byte limit (FORGE_MAX_REQUEST_BYTES)",
-            "param": None,
-        }
+    async def _refuse(self, send: Send, limit: int) -> None:
+        setting = "FORGE_MAX_UPLOAD_BYTES" if limit != self.max_bytes else "FORGE_MAX_REQUEST_BYTES"
+        await self._send(send, 413, "request_too_large", f"the request body is over the {limit}-byte limit ({setting})")
+
+    async def _send(self, send: Send, status: int, code: str, message: str) -> None:
+        body: dict[str, Any] = {"code": code, "message": message, "param": None}
         payload = json.dumps(body).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
             }
         )

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1 << 20, gt=0, description="Request bodies larger than this are refused with 413."
     )
+    max_upload_bytes: int = Field(
+        default=512 << 20, gt=0, description="Dataset uploads (POST /api/training/datasets) larger than this get 413."
+    )
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "forge-trainer",
         description="Where the embedded model is converted once and kept.",

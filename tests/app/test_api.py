@@ -84,10 +84,12 @@ def test_spec_config_is_accepted_verbatim(client: TestClient) -> None:
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["phase"] == "queued"
-    assert {k: v for k, v in job["config"].items() if k != "training"} == {
-        k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k != "training"
+    added = ("training", "dataset")  # sections with fields beyond the spec's, filled with their defaults
+    assert {k: v for k, v in job["config"].items() if k not in added} == {
+        k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k not in added
     }
-    assert job["config"]["training"].items() >= SPEC_CONFIG["training"].items()
+    for section in added:
+        assert job["config"][section].items() >= SPEC_CONFIG[section].items()
     status = client.get("/api/training").json()
     assert status["job_id"] == job["id"] and status["running"] is False and status["total_epochs"] == 3
 
@@ -253,7 +255,7 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 9
+    assert len(operations) == 12
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json")
@@ -280,6 +282,8 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}/resume",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",
+        "/api/training/datasets",
+        "/api/training/datasets/validate",
     }
     post = spec["paths"]["/api/training"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TrainingConfig")

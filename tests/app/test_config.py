@@ -17,6 +17,16 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "save_steps": None,
         "save_total_limit": 2,
         "resume_on_worker_lost": True,
+        "eval_steps": None,
+    }
+    # The template is inferred from the model (gemma-3 for the spec's gemma-3-4b-it and the embedded model).
+    expected["dataset"] = SPEC_CONFIG["dataset"] | {
+        "chat_template": None,
+        "val_path": "auto",
+        "format": "auto",
+        "invalid_rows": "reject",
+        "max_dropped_fraction": 0.05,
+        "truncate_long_rows": True,
     }
     assert defaults == expected
     assert defaults["model"]["name"] == EMBEDDED_MODEL
@@ -32,6 +42,10 @@ def test_defaults_are_the_specs_standard_config() -> None:
         ({"save": {"gguf_quantization": "Q2_K"}}, ("save", "gguf_quantization")),
         ({"backend": "jax"}, ("backend",)),
         ({"dataset": {"chat_template": "vicuna"}}, ("dataset", "chat_template")),
+        ({"dataset": {"format": "csv"}}, ("dataset", "format")),
+        ({"dataset": {"invalid_rows": "ignore"}}, ("dataset", "invalid_rows")),
+        ({"dataset": {"max_dropped_fraction": 1.5}}, ("dataset", "max_dropped_fraction")),
+        ({"training": {"eval_steps": 0}}, ("training", "eval_steps")),
         ({"unknown": 1}, ("unknown",)),
     ],
 )

@@ -22,7 +22,7 @@ def test_cancel_stops_within_a_step_and_the_worker_goes_on(
 ) -> None:
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     long_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     next_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
 
@@ -50,7 +50,7 @@ def test_killed_training_process_fails_the_job_not_the_worker(
 ) -> None:
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 
@@ -77,7 +77,7 @@ def test_killed_worker_is_noticed_through_its_lease(processes: Processes, projec
     lease = {"FORGE_LEASE_SECONDS": "3"}
     base = processes.api(**lease)
     first = processes.worker(**lease)
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 
@@ -97,16 +97,24 @@ def test_killed_worker_is_noticed_through_its_lease(processes: Processes, projec
 
 def test_bad_dataset_fails_with_the_line_at_fault(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     base = processes.api()
-    processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     bad = project / "data" / "splits" / "broken.jsonl"
     bad.write_text('{"conversations": [{"role": "user", "content": "hi"}]}\n')
     config = tiny_config(tiny_model_dir) | {"dataset": {"path": "data/splits/broken.jsonl"}}
+    # Refused before it is queued, naming the line and the field.
+    refused = client.post("/api/training", json=config)
+    assert refused.status_code == 422 and refused.json()["code"] == "dataset_invalid"
+    detail = refused.json()["details"][0]
+    assert (detail["line"], detail["field"], detail["type"]) == (1, "conversations[0]", "no_assistant_turn")
+    # A file that goes bad after the job was queued is caught by the worker, before any training step.
+    bad.write_text((project / "data" / "splits" / "train.jsonl").read_text())
     job_id = client.post("/api/training", json=config).json()["id"]
+    bad.write_text('{"conversations": [{"role": "user", "content": "hi"}]}\n')
+    processes.worker()
     wait_for(lambda: _job(client, job_id)["status"] == "failed", 120, "the job to fail")
-    error = _job(client, job_id)["error"]
-    assert error["code"] == "dataset_invalid"
-    assert "broken.jsonl:1: no assistant turn" in error["message"]
+    job = _job(client, job_id)
+    assert job["error"]["code"] == "dataset_invalid" and job["step"] == 0
+    assert "broken.jsonl:1: conversations[0] has no assistant turn" in job["error"]["message"]
 
 
 def test_diverging_loss_stops_the_job_early(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
@@ -125,7 +133,7 @@ def test_diverging_loss_stops_the_job_early(processes: Processes, project: Path,
 
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(poisoned, max_steps=300)).json()["id"]
     wait_for(lambda: _job(client, job_id)["status"] not in ("queued", "running"), 240, "the job to end")
     job = _job(client, job_id)
@@ -140,7 +148,7 @@ def test_worker_stops_a_job_whose_lease_was_taken(processes: Processes, project:
 
     base = processes.api()
     worker = processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
     wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "training to start")
 

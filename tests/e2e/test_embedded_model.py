@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_trains_saves_and_answers(processes: Processes, project: Path) -> None:
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = {
         "model": {"name": "embedded:gemma-3-270m", "max_seq_length": 256},
         "lora": {"use_gradient_checkpointing": False},

@@ -34,7 +34,7 @@ def test_sigterm_checkpoints_and_the_job_resumes_with_the_same_result(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
     base = processes.api()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = tiny_config(tiny_model_dir, max_steps=16, save_steps=100, learning_rate=2e-3)
 
     # The reference: the same job, never interrupted.
@@ -75,7 +75,7 @@ def test_killed_worker_job_resumes_from_its_last_checkpoint(
 ) -> None:
     lease = {"FORGE_LEASE_SECONDS": "3"}
     base = processes.api(**lease)
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=24, save_steps=3)).json()["id"]
     first = processes.worker(**lease)
     wait_for(lambda: _job(client, job_id)["step"] >= 8, 180, "steps past two checkpoints")
@@ -98,7 +98,7 @@ def test_killed_worker_job_resumes_from_its_last_checkpoint(
 
 def test_api_restart_loses_nothing(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     base = processes.api()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     done_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
     worker = processes.worker()
     wait_for(lambda: _job(client, done_id)["status"] == "succeeded", 180, "the first job")
@@ -112,7 +112,7 @@ def test_api_restart_loses_nothing(processes: Processes, project: Path, tiny_mod
     assert api.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
     time.sleep(1)  # the worker keeps training and reporting while the API is down
 
-    client = httpx.Client(base_url=processes.api(), timeout=10)
+    client = httpx.Client(base_url=processes.api(), timeout=60)
     after_jobs = client.get("/api/training/jobs").json()
     assert [j["id"] for j in after_jobs["items"]] == [j["id"] for j in before_jobs["items"]]
     assert after_jobs["items"][1] == before_jobs["items"][1]  # the finished job, field for field

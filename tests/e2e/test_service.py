@@ -16,7 +16,7 @@ from tests.conftest import Processes, tiny_config, wait_for
 def test_submit_train_poll_and_download(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
 
     idle = client.get("/api/training").json()
     assert idle["running"] is False and idle["step"] == 0 and idle["job_id"] is None

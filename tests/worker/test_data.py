@@ -1,4 +1,4 @@
-"""ShareGPT reading, the gemma-3 template and the assistant-only loss mask, with the real tokenizer."""
+"""The data a job trains on: validated again in the worker, tokenized, counted; val.jsonl used for eval loss."""
 
 from __future__ import annotations
 
@@ -8,97 +8,100 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from worker.chat_templates import GEMMA_3, TURN_MARKERS
-from worker.data import DataError, read_sharegpt, tokenize_with_mask
-
-MULTI_TURN = [
-    {"role": "system", "content": "You are a maths tutor."},
-    {"role": "user", "content": "What is 5 + 3?"},
-    {"role": "assistant", "content": "5 + 3 = 8."},
-    {"role": "user", "content": "  And 8 - 2?  "},
-    {"role": "assistant", "content": "8 - 2 = 6."},
-]
-# What Gemma 3's published chat template renders for MULTI_TURN: the system prompt folded into the first
-# user turn after a blank line, `model` for the assistant, contents trimmed, each turn closed by <end_of_turn>.
-MULTI_TURN_TEXT = (
-    "<bos><start_of_turn>user\nYou are a maths tutor.\n\nWhat is 5 + 3?<end_of_turn>\n"
-    "<start_of_turn>model\n5 + 3 = 8.<end_of_turn>\n"
-    "<start_of_turn>user\nAnd 8 - 2?<end_of_turn>\n"
-    "<start_of_turn>model\n8 - 2 = 6.<end_of_turn>\n"
-)
+from app.core.errors import InvalidInput
+from app.datasets.templates import TEMPLATES
+from app.training_config import TrainingConfig
+from tests.conftest import tiny_config
+from worker.data import DataError, prepare
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir: Path):  # type: ignore[no-untyped-def]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tok.chat_template = GEMMA_3
+def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = TEMPLATES["gemma-3"].jinja
     return tok
 
 
-def test_gemma3_template_renders_the_published_format(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    assert tokenizer.apply_chat_template(MULTI_TURN, tokenize=False) == MULTI_TURN_TEXT
-    single = [{"role": "user", "content": "Hi"}]
-    assert (
-        tokenizer.apply_chat_template(single, tokenize=False, add_generation_prompt=True)
-        == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+def test_train_and_val_are_prepared_with_counts(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    config = TrainingConfig.model_validate(tiny_config(tiny_model_dir))
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    assert len(data.train) == 48 and data.eval is not None and len(data.eval) == 8
+    stats = data.stats
+    assert stats["chat_template"] == "gemma-3" and stats["file"] == "data/splits/train.jsonl"
+    assert (stats["examples"], stats["dropped"], stats["truncated"]) == (48, 0, 0)
+    assert stats["total_tokens"] == sum(len(row.input_ids) for row in data.train)
+    assert stats["mean_tokens"] == round(stats["total_tokens"] / 48, 1)
+    assert stats["eval"]["file"] == "data/splits/val.jsonl" and stats["eval"]["examples"] == 8
+    first = data.train[0]
+    assert first.input_ids[0] == tokenizer.bos_token_id and len(first.labels) == len(first.input_ids)
+
+
+def test_bad_rows_are_dropped_within_the_limit_and_counted(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    train = project / "data/splits/train.jsonl"
+    with train.open("a") as handle:
+        handle.write('{"conversations": [{"role": "user", "content": "no answer"}]}\n')
+    config = TrainingConfig.model_validate(tiny_config(tiny_model_dir))
+    with pytest.raises(DataError, match=r"1 of 49 rows in data/splits/train.jsonl are bad: .*train.jsonl:49"):
+        prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    config.dataset.invalid_rows = "drop"
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    assert (data.stats["examples"], data.stats["dropped"]) == (48, 1)
+
+
+def test_long_rows_are_truncated_and_counted(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    config = TrainingConfig.model_validate(tiny_config(tiny_model_dir) | {"dataset": {"val_path": None}})
+    config.model.max_seq_length = 60  # rows with a system prompt are longer, but their answers start before 60
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    assert data.eval is None and data.stats["eval"] is None
+    assert data.stats["truncated"] > 0 and all(len(row.input_ids) <= 60 for row in data.train)
+    assert data.stats["total_tokens"] == sum(len(row.input_ids) for row in data.train)
+
+
+def test_a_missing_val_file_named_explicitly_is_an_error(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    config = TrainingConfig.model_validate(tiny_config(tiny_model_dir) | {"dataset": {"val_path": "data/nope.jsonl"}})
+    with pytest.raises(InvalidInput) as info:
+        prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    assert info.value.code == "dataset_not_found" and info.value.param == "dataset.val_path"
+
+
+def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_model_dir: Path) -> None:
+    """A real training run (the runner in-process, a tiny model) on the Data Factory format, with eval steps."""
+    from multiprocessing import Value
+
+    from worker.runner import JobRunner, JobSpec
+
+    rows = [json.loads(line) for line in (project / "data/splits/train.jsonl").read_text().splitlines()]
+    alpaca = project / "data/factory/train.jsonl"
+    alpaca.parent.mkdir(parents=True)
+    with alpaca.open("w") as handle:
+        for row in rows:
+            turns = {t["role"]: t["content"] for t in row["conversations"]}
+            handle.write(
+                json.dumps(
+                    {"instruction": turns.get("system", ""), "input": turns["user"], "output": turns["assistant"]}
+                )
+                + "\n"
+            )
+    (alpaca.parent / "val.jsonl").write_text(
+        json.dumps({"instruction": "", "input": "What is 2 + 2?", "output": "2 + 2 = 4."}) + "\n"
     )
+    config = tiny_config(tiny_model_dir, max_steps=4, eval_steps=2)
+    config["dataset"] = {"path": "data/factory/train.jsonl"}
 
+    class Pipe:
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
 
-def test_mask_trains_on_assistant_tokens_and_their_end_of_turn_only(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    row = tokenize_with_mask(tokenizer, MULTI_TURN_TEXT, max_length=512, **TURN_MARKERS["gemma-3"])
-    ids, labels = row["input_ids"], row["labels"]
-    assert ids[0] == 2  # <bos>
-    trained = [tokenizer.decode([i]) for i, label in zip(ids, labels, strict=True) if label != -100]
-    assert "".join(trained) == "5 + 3 = 8.<end_of_turn>\n8 - 2 = 6.<end_of_turn>\n"
-    assert all(label in (-100, token) for token, label in zip(ids, labels, strict=True))
-    # Token by token: the prompt side, every <start_of_turn> and the role names are masked out.
-    for token, label in zip(ids, labels, strict=True):
-        if token in (2, 105):  # <bos>, <start_of_turn>
-            assert label == -100
-    end_of_turn = [label for token, label in zip(ids, labels, strict=True) if token == 106]
-    assert end_of_turn == [-100, 106, -100, 106]  # user turns' ends masked, model turns' ends trained
+        def send(self, message: dict) -> None:
+            self.sent.append(message)
 
-
-def test_mask_survives_truncation(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    row = tokenize_with_mask(tokenizer, MULTI_TURN_TEXT, max_length=20, **TURN_MARKERS["gemma-3"])
-    assert len(row["input_ids"]) == 20 and row["truncated"] and row["tokens"] == 20
-
-
-def _write(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def test_good_rows_are_read(tmp_path: Path) -> None:
-    path = _write(tmp_path / "train.jsonl", [json.dumps({"conversations": MULTI_TURN}), ""])
-    assert read_sharegpt(path).items == [MULTI_TURN]
-
-
-def test_bad_rows_are_reported_by_line(tmp_path: Path) -> None:
-    good = json.dumps({"conversations": MULTI_TURN[1:3]})
-    path = _write(
-        tmp_path / "train.jsonl",
-        [
-            good,
-            "{not json",
-            json.dumps({"messages": []}),
-            json.dumps({"conversations": [{"role": "bot", "content": "x"}]}),
-            json.dumps({"conversations": [{"role": "user", "content": " "}]}),
-            json.dumps({"conversations": [{"role": "user", "content": "hi"}]}),
-            json.dumps({"conversations": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}),
-        ],
-    )
-    with pytest.raises(DataError) as info:
-        read_sharegpt(path)
-    message = str(info.value)
-    assert message.startswith(f"6 bad row(s) in {path}: ")
-    for expected in [
-        "train.jsonl:2: not JSON",
-        'train.jsonl:3: expected an object with a "conversations" list',
-        "train.jsonl:4: conversations[0].role is 'bot'",
-        "train.jsonl:5: conversations[0].content is empty",
-        "train.jsonl:6: no assistant turn",
-        "train.jsonl:7: turns must alternate",
-    ]:
-        assert expected in message
-    assert "train.jsonl:1" not in message
+    run_dir = project / "runs" / "job1"
+    spec = JobSpec("job1", config, str(run_dir), str(project), str(Path.home() / ".cache/forge-trainer"))
+    stats = JobRunner(spec, Pipe(), Value("i", 0)).run()
+    assert stats["data"]["format"] == "alpaca" and stats["data"]["examples"] == 48
+    assert stats["data"]["eval"]["examples"] == 1
+    evals = [entry for entry in stats["log_history"] if "eval_loss" in entry]
+    assert [entry["step"] for entry in evals] == [2, 4]
+    assert stats["eval_loss"] == evals[-1]["eval_loss"] > 0
+    saved = json.loads((run_dir / "metrics/training-stats.json").read_text())
+    assert saved["eval_loss"] == stats["eval_loss"]

@@ -71,3 +71,17 @@ def test_failures_are_classified_with_advice() -> None:
     code, message = _classify(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert code == "out_of_memory" and "per_device_train_batch_size" in message and "max_seq_length" in message
     assert _classify(ValueError("boom")) == ("training_failed", "ValueError: boom")
+
+
+def test_no_evaluation_pass_when_training_is_stopped() -> None:
+    """HF evaluates at an epoch's end even when training was cut short; a cancel or divergence skips it."""
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none", eval_strategy="epoch")
+    for losses, stop_mode in (([3.0, 2.0], 1), ([3.0, float("nan")], 0)):
+        callback, control, _ = _run(losses, stop_mode)
+        control.should_evaluate = True  # what transformers' flow callback sets at the epoch's end
+        callback.on_epoch_end(args, TrainerState(), control)
+        assert control.should_evaluate is False
+    callback, control, _ = _run([3.0, 2.0])
+    control.should_evaluate = True
+    callback.on_epoch_end(args, TrainerState(), control)
+    assert control.should_evaluate is True  # a normal end keeps its evaluation

@@ -9,6 +9,7 @@ import importlib.util
 from typing import Any, Protocol
 
 from app.training_config import TrainingConfig
+from worker.data import Prepared
 
 
 class BackendUnavailable(RuntimeError):
@@ -24,11 +25,13 @@ class Backend(Protocol):
 
     def attach_lora(self, model: Any, config: TrainingConfig) -> Any: ...
 
-    def prepare_data(self, tokenizer: Any, conversations: list[list[dict[str, str]]], config: TrainingConfig) -> Any:
-        """A datasets.Dataset the trainer below accepts; `.info.description` is unused."""
+    def prepare_data(self, data: Prepared) -> tuple[Any, Any | None]:
+        """Train and eval datasets.Dataset of the prepared token ids, in the form the trainer below takes."""
         ...
 
-    def make_trainer(self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any]) -> Any: ...
+    def make_trainer(
+        self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any], eval_dataset: Any = None
+    ) -> Any: ...
 
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None: ...
 

@@ -1,8 +1,6 @@
-"""What both backends share: dtype choice, LoRA target modules and the dataset statistics."""
+"""What both backends share: dtype choice and LoRA target modules."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -35,14 +33,3 @@ def target_modules(config: TrainingConfig) -> list[str]:
             continue
         chosen.append(name)
     return chosen
-
-
-def token_stats(rows: list[dict[str, Any]], dropped: int) -> dict[str, Any]:
-    tokens = [row["tokens"] for row in rows]
-    return {
-        "examples": len(rows),
-        "dropped": dropped,
-        "truncated": sum(1 for row in rows if row["truncated"]),
-        "total_tokens": sum(tokens),
-        "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
-    }

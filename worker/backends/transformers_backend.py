@@ -13,18 +13,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
 from app.training_config import TrainingConfig
-from worker.backends.common import compute_dtype, target_modules, token_stats
-from worker.chat_templates import TEMPLATES, TURN_MARKERS
-from worker.data import DataError, tokenize_with_mask
+from worker import chat_templates
+from worker.backends.common import compute_dtype, target_modules
+from worker.data import Prepared
 
 log = logging.getLogger("forge.worker")
 
 
 class TransformersBackend:
     name = "transformers"
-
-    def __init__(self) -> None:
-        self.data_stats: dict[str, Any] = {}
 
     def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
         dtype = compute_dtype(config)
@@ -45,7 +42,7 @@ class TransformersBackend:
                 log.info("load_in_4bit needs CUDA and bitsandbytes; loading %s in %s instead", model_path, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        tokenizer.chat_template = TEMPLATES[config.dataset.chat_template]
+        chat_templates.install(tokenizer, chat_templates.for_job(config, model_path))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
@@ -69,27 +66,23 @@ class TransformersBackend:
         )
         return get_peft_model(model, peft_config)
 
-    def prepare_data(self, tokenizer: Any, conversations: list[list[dict[str, str]]], config: TrainingConfig) -> Any:
-        markers = TURN_MARKERS[config.dataset.chat_template]
-        rows, dropped = [], 0
-        for conversation in conversations:
-            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
-            row = tokenize_with_mask(tokenizer, text, max_length=config.model.max_seq_length, **markers)
-            if all(label == -100 for label in row["labels"]):
-                dropped += 1  # truncation left no answer to learn from
-                continue
-            rows.append(row)
-        if not rows:
-            raise DataError(
-                f"no example keeps an assistant token within model.max_seq_length={config.model.max_seq_length}; "
-                "raise max_seq_length or shorten the prompts"
-            )
-        self.data_stats = token_stats(rows, dropped)
-        return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    def prepare_data(self, data: Prepared) -> tuple[Any, Any | None]:
+        # Labels are computed here (app.datasets.encoding), by the rule Unsloth's train_on_responses_only uses.
+        def dataset(rows: list[Any]) -> Dataset:
+            return Dataset.from_list([{"input_ids": r.input_ids, "labels": r.labels} for r in rows])
 
-    def make_trainer(self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any]) -> Any:
+        return dataset(data.train), dataset(data.eval) if data.eval else None
+
+    def make_trainer(
+        self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any], eval_dataset: Any = None
+    ) -> Any:
         return SFTTrainer(
-            model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=callbacks
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            args=args,
+            callbacks=callbacks,
         )
 
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None:

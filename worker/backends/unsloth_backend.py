@@ -11,16 +11,16 @@ from unsloth import FastModel
 from unsloth.chat_templates import get_chat_template, train_on_responses_only
 
 from app.training_config import TrainingConfig
-from worker.backends.common import compute_dtype, target_modules, token_stats
-from worker.chat_templates import TURN_MARKERS
+from worker import chat_templates
+from worker.backends.common import compute_dtype, target_modules
+from worker.data import Prepared
 
 
 class UnslothBackend:
     name = "unsloth"
 
     def __init__(self) -> None:
-        self.data_stats: dict[str, Any] = {}
-        self.chat_template = "gemma-3"
+        self.template = chat_templates.TEMPLATES["gemma-3"]
 
     def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
         model, tokenizer = FastModel.from_pretrained(
@@ -29,8 +29,12 @@ class UnslothBackend:
             dtype=None if config.model.dtype is None else compute_dtype(config),
             load_in_4bit=config.model.load_in_4bit,
         )
-        self.chat_template = config.dataset.chat_template
-        return model, get_chat_template(tokenizer, chat_template=config.dataset.chat_template)
+        self.template = chat_templates.for_job(config, model_path)
+        return model, self.install_template(tokenizer)
+
+    def install_template(self, tokenizer: Any) -> Any:
+        """Unsloth's get_chat_template, installing the same template string the transformers backend uses."""
+        return get_chat_template(tokenizer, chat_template=chat_templates.unsloth_argument(self.template))
 
     def attach_lora(self, model: Any, config: TrainingConfig) -> Any:
         lora = config.lora
@@ -49,23 +53,27 @@ class UnslothBackend:
             finetune_mlp_modules=lora.finetune_mlp_modules,
         )
 
-    def prepare_data(self, tokenizer: Any, conversations: list[list[dict[str, str]]], config: TrainingConfig) -> Any:
-        texts = [
-            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=False).removeprefix("<bos>")
-            for c in conversations
-        ]
-        limit = config.model.max_seq_length
-        lengths = [len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
-        rows = [{"tokens": min(n, limit), "truncated": n > limit} for n in lengths]
-        self.data_stats = token_stats(rows, dropped=0)
-        return Dataset.from_dict({config.dataset.text_field: texts})
+    def prepare_data(self, data: Prepared) -> tuple[Any, Any | None]:
+        # The same token ids as the transformers backend; the labels come from train_on_responses_only below.
+        def dataset(rows: list[Any]) -> Dataset:
+            return Dataset.from_list([{"input_ids": r.input_ids} for r in rows])
 
-    def make_trainer(self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any]) -> Any:
-        args.dataset_text_field = dataset.column_names[0]
+        return dataset(data.train), dataset(data.eval) if data.eval else None
+
+    def make_trainer(
+        self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any], eval_dataset: Any = None
+    ) -> Any:
         trainer = SFTTrainer(
-            model=model, processing_class=tokenizer, train_dataset=dataset, args=args, callbacks=callbacks
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            args=args,
+            callbacks=callbacks,
         )
-        return train_on_responses_only(trainer, **TURN_MARKERS[self.chat_template])
+        return train_on_responses_only(
+            trainer, instruction_part=self.template.instruction_part, response_part=self.template.response_part
+        )
 
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None:
         model.save_pretrained(path)

@@ -15,6 +15,7 @@ from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, require_token
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput
+from app.datasets import check as dataset_check
 from app.models import ACTIVE_STATUSES, ArtifactList, ErrorBody, JobPage, JobRead, JobStatus, TrainingStatus
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
 
@@ -86,6 +87,14 @@ def _json(body: bytes) -> Response:
     return Response(content=body, media_type="application/json")
 
 
+def validate_data(settings: Settings, config: TrainingConfig) -> None:
+    """Every row of the dataset files, before a GPU minute is spent: 422 with the report when they cannot train."""
+    project, model_dirs = settings.resolved_project_dir, list(settings.model_dirs)
+    report = dataset_check.for_config(config, project, model_dirs, settings.cache_dir).report
+    if not report.ok:
+        raise dataset_check.as_error(report)
+
+
 @router.get("", response_model=TrainingStatus, summary="Status of the current job (Forge UI)")
 async def get_status(cache: StatusCacheDep) -> Response:
     """The running job, else the latest job, else an idle object: the flat shape TrainingProgress.tsx polls."""
@@ -119,6 +128,7 @@ def start(
 ) -> JobRead:
     """Queue a job from a training config in the spec's shape (JSON, or YAML with `Content-Type: application/yaml`)."""
     check_files(settings, config)
+    validate_data(settings, config)
     job, created = jobs.create(session, config, idempotency_key=idempotency_key)
     if created:
         training_status.refresh_file(session, settings.status_file)
