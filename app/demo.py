@@ -1,8 +1,9 @@
 """`forge-demo`: the whole service on this machine, with a bundled job you can watch.
 
 Starts the API (uvicorn) and a worker as separate processes on a demo project, writes the bundled sample
-dataset to data/splits/, submits a job on the embedded Gemma 3 270M, shows its progress as the Forge UI
-would see it, then leaves the API serving until Ctrl-C.
+dataset to data/splits/, submits a job on the embedded Gemma 3 270M (baseline -> finetune -> evaluate ->
+gates), shows its progress as the Forge UI would see it and the fine-tuned model against its baseline,
+then leaves the API serving until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ DEMO_CONFIG: dict[str, Any] = {
     },
     "dataset": {"path": "data/splits/train.jsonl", "chat_template": "gemma-3"},
     "save": {"merged_path": "models/checkpoints/merged", "gguf_path": None},
+    # The test split's answers are at most 20 tokens: 32 leaves room to see the base model ramble.
+    "evaluation": {"max_new_tokens": 32, "batch_size": 8, "glossary_path": "data/glossary.json"},
+    # The base model never answers in the expected sentence (its exact match is 0), so the margin is in points.
+    "gates": {"metric": "exact_match", "improvement": "absolute", "min_improvement": 0.2},
 }
+SHOWN_METRICS = ("exact_match", "token_f1", "chrf", "rouge_l", "localization_score", "test_loss", "perplexity")
 
 
 def _fmt_seconds(value: float | None) -> str:
@@ -45,6 +51,9 @@ def _fmt_seconds(value: float | None) -> str:
 
 
 def _line(status: dict[str, Any]) -> str:
+    progress = status.get("evaluation")
+    if status["phase"] in ("baseline", "evaluate") and progress and progress["stage"] == status["phase"]:
+        return f"[{status['phase']}] {progress['done']}/{progress['total']} test answers"
     if status["phase"] != "training" or not status["total_steps"]:
         return f"[{status['status']}] {status['phase']}"
     loss = "-" if status["loss"] is None else f"{status['loss']:.4f}"
@@ -53,6 +62,30 @@ def _line(status: dict[str, Any]) -> str:
         f"[training] step {status['step']}/{status['total_steps']}  epoch {status['epoch']}/{status['total_epochs']}"
         f"  loss {loss}  lr {lr}  eta {_fmt_seconds(status['eta_seconds'])}"
     )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _comparison(result: dict[str, Any]) -> str:
+    """The base model and the fine-tuned one on the same test split, metric by metric."""
+    before = (result.get("baseline") or {}).get("metrics", {})
+    after = (result.get("evaluation") or {}).get("metrics", {})
+    if not (before or after):
+        return ""
+    examples = (result.get("evaluation") or result.get("baseline") or {}).get("examples")
+    lines = [f"\non the test split ({examples} examples)   baseline   fine-tuned"]
+    lines += [f"  {name:<28} {_number(before.get(name)):>9} {_number(after.get(name)):>12}" for name in SHOWN_METRICS]
+    return "\n".join(lines)
+
+
+def _gates(report: dict[str, Any] | None) -> str:
+    if not report:
+        return ""
+    lines = ["\ngates" + (" (required)" if report["required"] else "")]
+    lines += [f"  {gate['name']:<22} {gate['status']:<8} {gate['message']}" for gate in report["gates"]]
+    return "\n".join(lines)
 
 
 def _wait_for_api(base: str, api: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -76,8 +109,9 @@ def main() -> None:
     args = parser.parse_args()
 
     project = Path(args.project).resolve()
-    if not (project / "data" / "splits" / "train.jsonl").exists():
-        write_splits(project / "data")
+    data = project / "data"
+    if not all((data / name).exists() for name in ("splits/train.jsonl", "splits/test.jsonl", "glossary.json")):
+        write_splits(data)
         print(f"wrote the sample dataset to {project / 'data' / 'splits'}")
     env = dict(os.environ, FORGE_PROJECT_DIR=str(project), PYTHONUNBUFFERED="1")
     (project / "logs").mkdir(parents=True, exist_ok=True)
@@ -103,12 +137,13 @@ def main() -> None:
         job_id = response.json()["id"]
         print(f"submitted job {job_id}: {DEMO_CONFIG['model']['name']} on {DEMO_CONFIG['dataset']['path']}")
         print("(the first run converts the embedded model once: about two minutes)")
-        last: tuple[str, int] | None = None
+        last: tuple[str, int, int] | None = None
         while True:
             status = client.get("/api/training", headers=headers).json()
             mine = status["job_id"] == job_id
-            # One line per phase change or step; the loss of a step arrives just after the step itself.
-            key = (status["phase"], status["step"]) if mine else ("queued", 0)
+            # One line per phase change, step or batch of test answers; a step's loss arrives just after it.
+            answered = (status.get("evaluation") or {}).get("done", 0)
+            key = (status["phase"], status["step"], answered) if mine else ("queued", 0, 0)
             if key != last and (not mine or status["phase"] != "training" or status["loss"] is not None):
                 print(_line(status) if mine else "[queued]", flush=True)
                 last = key
@@ -129,6 +164,8 @@ def main() -> None:
             items = client.get(f"/api/training/jobs/{job_id}/artifacts", headers=headers).json()["items"]
             for item in items:
                 print(f"  {item['kind']:<8} {item['bytes']:>12,}  {project / 'runs' / job_id / item['name']}")
+            print(_comparison(result))
+            print(_gates(job["gates"]))
         if args.exit:
             return
         print(f"\nThe API keeps serving on {base} (try: curl {base}/api/training). Ctrl-C stops it.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -63,9 +63,26 @@ class JobPhase(enum.StrEnum):
     loading_model = "loading_model"
     attaching_lora = "attaching_lora"
     preparing_data = "preparing_data"
+    baseline = "baseline"
     training = "training"
     saving = "saving"
+    evaluate = "evaluate"
     done = "done"
+
+
+class GateName(enum.StrEnum):
+    """The spec's gates, plus loss-converged (the spec's "Loss converged (not diverging)" as its own gate)."""
+
+    baseline_established = "baseline-established"
+    model_performance = "model-performance"
+    loss_converged = "loss-converged"
+    quantization_verified = "quantization-verified"
+
+
+class GateStatus(enum.StrEnum):
+    passed = "passed"
+    failed = "failed"
+    not_run = "not_run"
 
 
 def _when(nullable: bool = True) -> Any:
@@ -144,6 +161,41 @@ class JobError(BaseModel):
     message: str = PydanticField(description="What went wrong and what to do about it.")
 
 
+class GateResult(BaseModel):
+    name: GateName
+    status: GateStatus
+    message: str = PydanticField(description="Why it passed, failed or did not run, with the numbers.")
+    details: dict[str, Any] = PydanticField(default_factory=dict, description="The numbers the gate compared.")
+
+
+class GatesReport(BaseModel):
+    """metrics/gates.json, as the job and the API show it."""
+
+    passed: bool = PydanticField(description="No gate failed (gates that did not run do not count).")
+    required: bool = PydanticField(description="gates.required: a failed gate fails the job.")
+    metric: str = PydanticField(description="The metric model-performance compared (gates.metric).")
+    gates: list[GateResult]
+
+
+class EvaluationProgress(BaseModel):
+    """Where the baseline or evaluate step is: test examples answered so far."""
+
+    stage: Literal["baseline", "evaluate"]
+    done: int
+    total: int
+
+
+def evaluation_of(job: Job) -> tuple[GatesReport | None, EvaluationProgress | None]:
+    """The gates and the evaluation progress the worker keeps in the job's result."""
+    result = job.result or {}
+    gates = result.get("gates")
+    progress = result.get("evaluation_progress")
+    return (
+        GatesReport.model_validate(gates) if isinstance(gates, dict) else None,
+        EvaluationProgress.model_validate(progress) if isinstance(progress, dict) else None,
+    )
+
+
 class JobRead(BaseModel):
     """A job as the API shows it."""
 
@@ -170,14 +222,22 @@ class JobRead(BaseModel):
     eta_seconds: float | None
     tokens_per_second: float | None
     error: JobError | None
-    result: dict[str, Any] | None = PydanticField(description="Final training statistics, once finished.")
+    result: dict[str, Any] | None = PydanticField(
+        description="Training statistics, baseline and evaluation metrics and gates once finished; while running, "
+        "what is known so far (the baseline's metrics, evaluation progress)."
+    )
+    evaluation: EvaluationProgress | None = PydanticField(
+        default=None, description="Progress of the baseline or evaluate step (the last one run, once finished)."
+    )
+    gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
     config: dict[str, Any] = PydanticField(description="The training config as submitted, defaults filled in.")
 
     @classmethod
     def from_job(cls, job: Job) -> JobRead:
-        data = {name: getattr(job, name) for name in cls.model_fields if name != "error"}
+        data = {name: getattr(job, name) for name in cls.model_fields if name not in ("error", "evaluation", "gates")}
         error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
-        return cls(**data, error=error)
+        gates, progress = evaluation_of(job)
+        return cls(**data, error=error, evaluation=progress, gates=gates)
 
 
 class JobPage(BaseModel):
@@ -212,6 +272,10 @@ class TrainingStatus(BaseModel):
     eval_loss: float | None = PydanticField(
         default=None, description="Loss on the validation split at the end of training, when there is one."
     )
+    evaluation: EvaluationProgress | None = PydanticField(
+        default=None, description="Baseline or evaluate step progress: test examples answered of the total."
+    )
+    gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
 
 
 class ArtifactRead(BaseModel):

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from app import jobs
 from app.core.db import Database
-from app.models import ACTIVE_STATUSES, Job, JobRead, TrainingStatus
+from app.models import ACTIVE_STATUSES, Job, JobRead, TrainingStatus, evaluation_of
 
 
 def idle() -> TrainingStatus:
@@ -36,6 +36,7 @@ def idle() -> TrainingStatus:
 def of_job(job: Job | None) -> TrainingStatus:
     if job is None:
         return idle()
+    gates, progress = evaluation_of(job)
     total_epochs = job.total_epochs if job.total_epochs is not None else job.config["training"]["num_train_epochs"]
     # The UI shows "epoch N of M": N counts from 1 once a step has run (45/100 steps of 3 epochs -> epoch 2).
     epoch = min(math.ceil(job.epoch - 1e-9), math.ceil(total_epochs)) if job.step > 0 else 0
@@ -59,6 +60,8 @@ def of_job(job: Job | None) -> TrainingStatus:
         tokens_per_second=job.tokens_per_second,
         updated_at=job.updated_at,
         eval_loss=(job.result or {}).get("eval_loss"),
+        evaluation=progress,
+        gates=gates,
     )
 
 

@@ -1,4 +1,5 @@
-"""The training config: one pydantic model mirroring the spec's JSON (model, lora, training, dataset, save).
+"""The training config: one pydantic model mirroring the spec's JSON (model, lora, training, dataset, save),
+plus what Forge adds: `evaluation` (the baseline and evaluate steps) and `gates` (the spec's gate criteria).
 
 It validates API input, documents the OpenAPI page and drives the worker.
 """
@@ -6,12 +7,24 @@ It validates API input, documents the OpenAPI page and drives the worker.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded:gemma-3-270m"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# The metrics of the baseline and evaluate steps, by the names metrics/*.json and the gates use.
+EXACT_MATCH: Final = "exact_match"
+TOKEN_F1: Final = "token_f1"
+CHRF: Final = "chrf"
+ROUGE_L: Final = "rouge_l"
+LOCALIZATION_SCORE: Final = "localization_score"
+TEST_LOSS: Final = "test_loss"
+PERPLEXITY: Final = "perplexity"
+MetricName = Literal["exact_match", "token_f1", "chrf", "rouge_l", "localization_score", "test_loss", "perplexity"]
+METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+LOWER_IS_BETTER = frozenset({TEST_LOSS, PERPLEXITY})
 
 
 def _relative_inside_run(value: str) -> str:
@@ -163,6 +176,108 @@ class SaveSection(_Section):
         return None if value is None else _relative_inside_run(value)
 
 
+class EvaluationSection(_Section):
+    """The spec's `baseline` and `evaluate` steps: the base and the fine-tuned model on the same test split."""
+
+    baseline: bool = Field(
+        default=True, description="Score the base model on the test split before training (metrics/baseline.json)."
+    )
+    evaluate: bool = Field(
+        default=True,
+        description="Score the fine-tuned model on the same split after training (metrics/evaluation.json).",
+    )
+    test_path: str = Field(
+        default="data/splits/test.jsonl",
+        min_length=1,
+        description="ShareGPT JSONL, relative to the project; each row's last assistant turn is the reference answer.",
+    )
+    max_examples: int | None = Field(
+        default=None, ge=1, description="Score only the first N test examples; null scores them all."
+    )
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Prompts generated (and scored for loss) at once.")
+    max_new_tokens: int = Field(default=128, ge=1, le=8192, description="Longest answer generated per prompt.")
+    do_sample: bool = Field(
+        default=False,
+        description="false: greedy decoding (what exact match, token F1, chrF and ROUGE-L are defined on); "
+        "true: sample with temperature, top_p and top_k.",
+    )
+    temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    top_k: int = Field(default=64, ge=0, description="Sample from the k likeliest tokens; 0: all (do_sample only).")
+    glossary_path: str | None = Field(
+        default=None,
+        description="The localization score's local terms (names, places, currency): a JSON list of strings, "
+        "relative to the project. An example expects the glossary terms its reference answer uses.",
+        examples=["data/glossary.json"],
+    )
+    terms_field: str = Field(
+        default="expected_terms",
+        min_length=1,
+        description="A test row's own list of expected local terms, used besides the glossary's.",
+    )
+    inference_prompts: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=lambda: ["What is 5 + 3?"],
+        description="The spec's Inference Testing: asked of the fine-tuned model after training; the answers go "
+        "to metrics/samples.jsonl.",
+    )
+
+    @field_validator("test_path", "glossary_path")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not value.strip()):
+            raise ValueError("must be a file path relative to the project (no NUL characters, not blank)")
+        return value
+
+
+class GatesSection(_Section):
+    """The spec's Gate Criteria; results in metrics/gates.json, the job and the API."""
+
+    required: bool = Field(
+        default=False,
+        description="true: a failed gate fails the job (error gate_failed); false: the job succeeds and the gate "
+        "shows failed.",
+    )
+    metric: MetricName = Field(
+        default=TOKEN_F1,
+        description="The metric model-performance compares (and quantization-verified watches). Rates are in "
+        "0..1; test_loss and perplexity count lower as better.",
+    )
+    improvement: Literal["relative", "absolute"] = Field(
+        default="relative",
+        description="relative: fine-tuned >= baseline x (1 + min_improvement); absolute: fine-tuned >= baseline + "
+        "min_improvement (points of a 0..1 rate), what a baseline near zero needs.",
+    )
+    min_improvement: float = Field(
+        default=0.2, ge=0, le=100, description="How much the fine-tuned model must beat the baseline by."
+    )
+    loss_min_decrease: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="loss-converged: the mean loss of the last logged steps must be at least this fraction below "
+        "that of the first ones.",
+    )
+    loss_max_rebound: float = Field(
+        default=0.5,
+        ge=0,
+        description="loss-converged: the loss at the end may give back at most this fraction of its drop from the "
+        "start to its lowest (more means it is diverging).",
+    )
+    quantization_max_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="quantization-verified (GGUF export): the largest relative drop of `metric` from the merged "
+        "model to the GGUF allowed.",
+    )
+
+    @model_validator(mode="after")
+    def _reachable(self) -> GatesSection:
+        if self.metric in LOWER_IS_BETTER and self.improvement == "relative" and self.min_improvement >= 1:
+            raise ValueError(f"gates.min_improvement must be below 1 for {self.metric} (a relative decrease)")
+        return self
+
+
 class TrainingConfig(_Section):
     """A fine-tuning job, in the shape of the spec's training-config.json."""
 
@@ -171,6 +286,8 @@ class TrainingConfig(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     dataset: DatasetSection = Field(default_factory=DatasetSection)
     save: SaveSection = Field(default_factory=SaveSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
     backend: Literal["auto", "unsloth", "transformers"] = Field(
         default="auto",
         description="auto: Unsloth where CUDA and the `gpu` extra are present, else transformers + PEFT.",

@@ -146,7 +146,8 @@ def run_hf(a: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTTrainer
 
-    from worker.data import tokenize_with_mask  # the loss mask of the service's transformers backend
+    from app.datasets.encoding import Markers, encode  # the loss mask of the service's transformers backend
+    from app.datasets.templates import TEMPLATES
 
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -161,11 +162,9 @@ def run_hf(a: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
 
     texts = _texts(tokenizer, a.data)["text"]
-    rows = [
-        tokenize_with_mask(tokenizer, t, "<start_of_turn>user\n", "<start_of_turn>model\n", a.max_seq_length)
-        for t in texts
-    ]
-    dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+    markers = Markers.of(tokenizer, TEMPLATES["gemma-3"])
+    rows = [encode(tokenizer, t, markers, a.max_seq_length) for t in texts]
+    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
     recorder = _recorder()
     args = _sft_args(a, a.work / "hf")
     trainer = SFTTrainer(

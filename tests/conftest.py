@@ -112,7 +112,7 @@ def settings(project: Path, models_root: Path) -> Settings:
 
 
 def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:
-    """A config in the spec's shape for the tiny model: fast, no merged/GGUF export."""
+    """A config in the spec's shape for the tiny model: fast, no merged/GGUF export, short test answers."""
     return {
         "model": {"name": str(model_dir), "max_seq_length": 256},
         "lora": {"r": 4, "lora_alpha": 8, "use_gradient_checkpointing": False},
@@ -125,6 +125,8 @@ def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:
             **training,
         },
         "save": {"merged_path": None, "gguf_path": None},
+        # The baseline and evaluate steps stay on, with answers short enough to keep the suite fast.
+        "evaluation": {"max_new_tokens": 8},
         "backend": "transformers",
     }
 

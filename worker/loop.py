@@ -174,6 +174,8 @@ class Worker:
                     pending["backend"] = message["backend"]
                 elif kind == "checkpoint":
                     pending["checkpoint_at"] = utcnow()
+                elif kind == "result":  # what the job knows so far: baseline metrics, evaluation progress
+                    pending["result"] = message["result"]
             elif not child.is_alive():
                 break
             now = time.monotonic()

@@ -1,4 +1,5 @@
-"""One job, in the spec's order: load model -> attach LoRA -> prepare data -> train -> save.
+"""One job, in the spec's order: load model -> attach LoRA -> prepare data -> baseline -> train -> save ->
+evaluate -> gates.
 
 Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
 down; the process stays for the worker's next job while jobs end cleanly (`child_main`). It talks to the
@@ -21,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.models import JobPhase
+from app.models import GatesReport, JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import chat_templates
-from worker.data import prepare
+from worker import chat_templates, evaluation, gates
+from worker.chat_templates import ChatTemplate
+from worker.data import DataError, prepare
+from worker.evaluation import TestExample
 
 log = logging.getLogger("forge.worker.job")
 
@@ -49,6 +52,17 @@ class Diverged(RuntimeError):
     code = "diverged"
 
 
+class GateFailed(RuntimeError):
+    code = "gate_failed"
+
+
+# The files of the baseline and evaluate steps, in the run folder.
+METRICS_FILES = {"baseline": "metrics/baseline.json", "evaluate": "metrics/evaluation.json"}
+SAMPLES_FILE = "metrics/samples.jsonl"
+GATES_FILE = "metrics/gates.json"
+LOSS_PLOT = "metrics/loss.png"
+
+
 @dataclass
 class JobSpec:
     job_id: str
@@ -67,6 +81,9 @@ class JobRunner:
         self.project_dir = Path(spec.project_dir)
         self.conn = conn
         self.stop_flag = stop_flag
+        # What the job knows before it ends (baseline metrics, evaluation progress), shown in its `result`.
+        self.partial: dict[str, Any] = {}
+        self.template: ChatTemplate = chat_templates.TEMPLATES["gemma-3"]  # set from the model when it loads
 
     def stop_mode(self) -> int:
         return int(self.stop_flag.value)
@@ -76,10 +93,17 @@ class JobRunner:
         self.conn.send(message)
 
     def phase(self, phase: JobPhase) -> None:
-        if self.stop_mode() != RUN:
-            raise Stopped(self.stop_mode())
+        self.check_stop()
         log.info("phase: %s", phase.value)
         self.report({"type": "phase", "phase": phase.value})
+
+    def check_stop(self) -> None:
+        if self.stop_mode() != RUN:
+            raise Stopped(self.stop_mode())
+
+    def publish(self, **fields: Any) -> None:
+        self.partial.update(fields)
+        self.report({"type": "result", "result": dict(self.partial)})
 
     # -- steps ----------------------------------------------------------------------------------------
     def resolve_model(self) -> str:
@@ -95,6 +119,101 @@ class JobRunner:
         if name.startswith(("/", ".", "~")):
             raise ModelNotFound(f"model.name {name!r}: no model folder (config.json) at {local}")
         return name  # a hub id: transformers finds it in the local cache or downloads it
+
+    def load_test_set(self) -> list[TestExample]:
+        """The test split the baseline and evaluate steps score (none when both are off)."""
+        settings = self.config.evaluation
+        if not (settings.baseline or settings.evaluate):
+            return []
+        path = (self.project_dir / settings.test_path).resolve()
+        if not path.is_file():
+            raise DataError(
+                f"evaluation.test_path {settings.test_path!r} does not exist ({path}); run Phase 3 (split) first, "
+                "or set evaluation.baseline and evaluation.evaluate to false"
+            )
+        glossary = evaluation.load_glossary(self.project_dir / settings.glossary_path) if settings.glossary_path else []
+        examples = evaluation.load_test_set(path, settings, glossary)
+        log.info("test set: %d examples from %s", len(examples), settings.test_path)
+        return examples
+
+    def score_model(self, stage: str, backend: Any, model: Any, tokenizer: Any, examples: list[TestExample]) -> dict:
+        """The model on the test split: answer loss, greedy answers and their metrics, in metrics/<stage>.json."""
+        settings, template = self.config.evaluation, self.template
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            self.publish(evaluation_progress={"stage": stage, "done": done, "total": total})
+            self.check_stop()  # a cancel or a shutdown need not wait for the whole test split
+
+        progress(0, len(examples))
+        backend.for_inference(model)
+        try:
+            loss = evaluation.answer_loss(
+                model,
+                tokenizer,
+                examples,
+                template=template,
+                max_length=self.config.model.max_seq_length,
+                batch_size=settings.batch_size,
+            )
+            generate = evaluation.model_generate(
+                model, tokenizer, settings, template.stop_word, self.config.training.seed
+            )
+            metrics, samples = evaluation.score(examples, generate, batch_size=settings.batch_size, progress=progress)
+            prompts = settings.inference_prompts if stage == "evaluate" else []
+            asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
+            answers = generate(asked) if asked else []
+        finally:
+            backend.for_training(model, self.config)
+        report = {
+            "stage": stage,
+            "model": self.config.model.name + (" + LoRA (fine-tuned)" if stage == "evaluate" else " (base)"),
+            "test_path": settings.test_path,
+            "examples": len(examples),
+            "metrics": {"test_loss": loss["test_loss"], "perplexity": loss["perplexity"], **metrics},
+            "answer_tokens": loss["answer_tokens"],
+            "generation": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p", "top_k"}),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        evaluation.write_json(self.run_dir / METRICS_FILES[stage], report)
+        evaluation.write_samples(self.run_dir / SAMPLES_FILE, stage, samples)
+        if asked:
+            rows = [{"index": i, "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(asked, answers, strict=True))]
+            evaluation.write_samples(self.run_dir / SAMPLES_FILE, "inference", rows)
+        log.info("%s: %s", stage, json.dumps(report["metrics"]))
+        return report
+
+    def baseline(self, backend: Any, model: Any, tokenizer: Any, examples: list[TestExample]) -> dict | None:
+        """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
+        if not self.config.evaluation.baseline:
+            return None
+        done = self.run_dir / METRICS_FILES["baseline"]
+        if self.spec.resume_from and done.is_file():
+            report: dict[str, Any] = json.loads(done.read_text())  # a resumed job keeps its first baseline
+            log.info("baseline: kept from the first attempt")
+        else:
+            self.phase(JobPhase.baseline)
+            report = self.score_model("baseline", backend, model, tokenizer, examples)
+        self.publish(baseline={"examples": report["examples"], "metrics": report["metrics"]})
+        return report
+
+    def evaluate(self, backend: Any, model: Any, tokenizer: Any, examples: list[TestExample]) -> dict | None:
+        """The fine-tuned model on the same split, after training."""
+        if not self.config.evaluation.evaluate:
+            return None
+        self.phase(JobPhase.evaluate)
+        report = self.score_model("evaluate", backend, model, tokenizer, examples)
+        self.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
+        return report
+
+    def run_gates(self, baseline: dict | None, evaluated: dict | None, log_history: list[dict]) -> GatesReport:
+        losses = [float(entry["loss"]) for entry in log_history if "loss" in entry]
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses)
+        evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
+        for gate in result.gates:
+            log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
+        self.publish(gates=result.model_dump(mode="json"))
+        return result
 
     def run(self) -> dict[str, Any]:
         from worker import backends
@@ -127,9 +246,13 @@ class JobRunner:
         model = backend.attach_lora(model, self.config)
 
         self.phase(JobPhase.preparing_data)
-        data = prepare(tokenizer, chat_templates.for_job(self.config, model_path), self.config, self.project_dir)
+        self.template = chat_templates.for_job(self.config, model_path)
+        data = prepare(tokenizer, self.template, self.config, self.project_dir)
         dataset, eval_dataset = backend.prepare_data(data)
         log.info("data: %s", json.dumps(data.stats))
+        test_set = self.load_test_set()
+
+        baseline = self.baseline(backend, model, tokenizer, test_set)
 
         self.phase(JobPhase.training)
         progress = ProgressCallback(self.report, self.stop_mode)
@@ -144,6 +267,11 @@ class JobRunner:
             raise Diverged(progress.diverged)
         if progress.stopped_by is not None:
             raise Stopped(progress.stopped_by)
+        # The trainer's history, restored from the checkpoint on a resume: the whole run's curve.
+        log_history = [dict(entry) for entry in trainer.state.log_history]
+        from worker.plots import write_loss_plot
+
+        write_loss_plot(log_history, self.run_dir / LOSS_PLOT, title=f"{self.config.model.name}: training loss")
 
         self.phase(JobPhase.saving)
         save = self.config.save
@@ -157,6 +285,8 @@ class JobRunner:
         if save.gguf_path:
             exports["gguf"] = "not exported: GGUF export is not part of this version of the service yet"
             log.warning("save.gguf_path is set but GGUF export is not available yet; skipped")
+
+        evaluated = self.evaluate(backend, model, tokenizer, test_set)
 
         metrics = output.metrics
         steps = int(trainer.state.global_step)
@@ -180,9 +310,16 @@ class JobRunner:
             "exports": exports,
             "log_history": progress.log_history,
         }
-        metrics_dir = self.run_dir / "metrics"
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        (metrics_dir / "training-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        gate_report = self.run_gates(baseline, evaluated, log_history)
+        stats.update(self.partial)
+        evaluation.write_json(self.run_dir / "metrics" / "training-stats.json", stats)
+        failed = [g for g in gate_report.gates if g.status == "failed"]
+        if failed and gate_report.required:
+            self.publish(**{k: v for k, v in stats.items() if k != "log_history"})
+            raise GateFailed(
+                "training finished but gates.required is true and "
+                + "; ".join(f"{g.name.value} failed: {g.message}" for g in failed)
+            )
         return stats
 
 

@@ -11,7 +11,7 @@ from tests.app.test_api import SPEC_CONFIG
 
 def test_defaults_are_the_specs_standard_config() -> None:
     defaults = TrainingConfig().model_dump(mode="json")
-    # The spec's config, plus the recovery settings Forge adds to `training`.
+    # The spec's config, plus the recovery settings Forge adds to `training` and its evaluation and gates.
     expected = SPEC_CONFIG | {"backend": "auto"}
     expected["training"] = SPEC_CONFIG["training"] | {
         "save_steps": None,
@@ -28,7 +28,19 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "max_dropped_fraction": 0.05,
         "truncate_long_rows": True,
     }
+    evaluation, gates = defaults.pop("evaluation"), defaults.pop("gates")
     assert defaults == expected
+    assert evaluation["baseline"] and evaluation["evaluate"] and evaluation["test_path"] == "data/splits/test.jsonl"
+    assert evaluation["do_sample"] is False and evaluation["inference_prompts"] == ["What is 5 + 3?"]
+    assert gates == {
+        "required": False,
+        "metric": "token_f1",
+        "improvement": "relative",
+        "min_improvement": 0.2,
+        "loss_min_decrease": 0.1,
+        "loss_max_rebound": 0.5,
+        "quantization_max_drop": 0.05,
+    }
     assert defaults["model"]["name"] == EMBEDDED_MODEL
 
 
@@ -47,6 +59,12 @@ def test_defaults_are_the_specs_standard_config() -> None:
         ({"dataset": {"max_dropped_fraction": 1.5}}, ("dataset", "max_dropped_fraction")),
         ({"training": {"eval_steps": 0}}, ("training", "eval_steps")),
         ({"unknown": 1}, ("unknown",)),
+        ({"gates": {"metric": "bleu"}}, ("gates", "metric")),
+        ({"gates": {"improvement": "percent"}}, ("gates", "improvement")),
+        ({"gates": {"metric": "perplexity", "min_improvement": 1.0}}, ("gates",)),
+        ({"evaluation": {"max_new_tokens": 0}}, ("evaluation", "max_new_tokens")),
+        ({"evaluation": {"glossary_path": "a\x00b"}}, ("evaluation", "glossary_path")),
+        ({"evaluation": {"inference_prompts": [""]}}, ("evaluation", "inference_prompts", 0)),
     ],
 )
 def test_bad_values_are_named(patch: dict, where: tuple[str, ...]) -> None:

@@ -1,4 +1,5 @@
-"""The real embedded Gemma 3 270M, trained for a few steps by the real service (slow: minutes on a CPU)."""
+"""The real embedded Gemma 3 270M, trained for a few steps by the real service (slow: minutes on a CPU):
+baseline -> finetune -> evaluate -> gates, with the files, the job and the API telling one story."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import Processes, cache_dir, wait_for
+from tests.e2e.test_evaluation import check_files_agree
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +26,8 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
         "lora": {"use_gradient_checkpointing": False},
         "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 4},
         "save": {"gguf_path": None},
+        # Short enough for CI's two cores: 4 test answers of at most 8 tokens, before and after training.
+        "evaluation": {"max_examples": 4, "max_new_tokens": 8, "batch_size": 4, "glossary_path": "data/glossary.json"},
     }
     job_id = client.post("/api/training", json=config).json()["id"]
     wait_for(
@@ -35,6 +39,9 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
     job = client.get(f"/api/training/jobs/{job_id}").json()
     assert job["status"] == "succeeded", (job["error"], processes.log_text())
     assert job["step"] == 4 and job["loss"] is not None and job["result"]["exports"]["merged"]
+    check_files_agree(project / "runs" / job_id, job, client.get("/api/training").json(), examples=4)
+    baseline = job["result"]["baseline"]["metrics"]
+    assert 0 < baseline["test_loss"] < 20 and baseline["perplexity"] > 1  # a real model, not a random one
 
     from worker import embedded
 

@@ -59,6 +59,12 @@ def test_sigterm_checkpoints_and_the_job_resumes_with_the_same_result(
     assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 16
     log = (project / "runs" / job_id / "logs" / "training.log").read_text()
     assert f"resuming from {project / 'runs' / job_id / stopped['resume_from']}" in log
+    # The baseline of the first attempt is kept (the same base model scored the same), and the gates see
+    # the whole loss curve, from before the shutdown too.
+    assert "baseline: kept from the first attempt" in log
+    assert done["result"]["baseline"] == _job(client, reference)["result"]["baseline"]
+    converged = next(g for g in done["gates"]["gates"] if g["name"] == "loss-converged")
+    assert converged["details"]["logged"] == 16
 
     # Same losses after the resume as without it, and the same adapter, up to float noise.
     expected, resumed = _losses(project, reference), _losses(project, job_id)

@@ -57,6 +57,8 @@ def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_
             "save_steps": 10,
         },
         "save": {"gguf_path": None},
+        # The baseline and evaluate steps in Unsloth's inference mode, then back to training mode.
+        "evaluation": {"max_new_tokens": 16, "glossary_path": "data/glossary.json"},
         "backend": "unsloth",
     }
     job_id = client.post("/api/training", json=config).json()["id"]
@@ -81,6 +83,10 @@ def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_
     assert (run / "outputs/checkpoint-30/optimizer.pt").is_file()  # resumable checkpoints under Unsloth too
     log = (run / "logs/training.log").read_text()
     print("UNSLOTH LOG TAIL", log[-3000:])
+    from tests.e2e.test_evaluation import check_files_agree
+
+    check_files_agree(run, job, client.get("/api/training").json(), examples=8)
+    print("UNSLOTH GATES", json.dumps(job["gates"]))
 
 
 def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: Path, gemma3_270m_random: Path) -> None:
@@ -93,6 +99,7 @@ def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: P
         "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
         "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 60},
         "save": {"gguf_path": None, "merged_path": None},
+        "evaluation": {"max_new_tokens": 16},
         "backend": "unsloth",
     }
     job_id = client.post("/api/training", json=config).json()["id"]
@@ -108,3 +115,4 @@ def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: P
     done = client.get(f"/api/training/jobs/{job_id}").json()
     print("UNSLOTH RESUMED", json.dumps({k: done[k] for k in ("status", "step", "attempt", "loss", "error")}))
     assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 60
+    assert "baseline: kept from the first attempt" in (project / "runs" / job_id / "logs/training.log").read_text()

@@ -35,6 +35,14 @@ class Backend(Protocol):
 
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None: ...
 
+    def for_inference(self, model: Any) -> None:
+        """Ready the model for generation and scoring (the baseline and evaluate steps)."""
+        ...
+
+    def for_training(self, model: Any, config: TrainingConfig) -> None:
+        """Back to training mode after for_inference."""
+        ...
+
     def save_merged(self, model: Any, tokenizer: Any, path: str, model_path: str, lora_path: str) -> None: ...
 
 

@@ -85,6 +85,12 @@ class TransformersBackend:
             callbacks=callbacks,
         )
 
+    def for_inference(self, model: Any) -> None:
+        model.eval()
+
+    def for_training(self, model: Any, config: TrainingConfig) -> None:
+        model.train()
+
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)

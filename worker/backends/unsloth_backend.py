@@ -75,6 +75,13 @@ class UnslothBackend:
             trainer, instruction_part=self.template.instruction_part, response_part=self.template.response_part
         )
 
+    def for_inference(self, model: Any) -> None:
+        # Unsloth's inference mode: fast generation kernels, left padding, logits returned.
+        FastModel.for_inference(model)
+
+    def for_training(self, model: Any, config: TrainingConfig) -> None:
+        FastModel.for_training(model, use_gradient_checkpointing=config.lora.use_gradient_checkpointing is not False)
+
     def save_lora(self, model: Any, tokenizer: Any, path: str) -> None:
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)

@@ -64,6 +64,7 @@ def check_files(settings: Settings, config: TrainingConfig) -> None:
             code="dataset_not_found",
             param="dataset.path",
         )
+    check_evaluation_files(project, config)
     name = config.model.name
     if name.startswith("embedded:"):
         if name != EMBEDDED_MODEL:
@@ -93,6 +94,28 @@ def validate_data(settings: Settings, config: TrainingConfig) -> None:
     report = dataset_check.for_config(config, project, model_dirs, settings.cache_dir).report
     if not report.ok:
         raise dataset_check.as_error(report)
+
+
+def check_evaluation_files(project: Path, config: TrainingConfig) -> None:
+    """The test split the baseline and evaluate steps score, and the localization glossary."""
+    settings = config.evaluation
+    wanted = []
+    if settings.baseline or settings.evaluate:
+        wanted.append(
+            (
+                "evaluation.test_path",
+                settings.test_path,
+                "test_set_not_found",
+                "run Phase 3 (split) first, or set evaluation.baseline and evaluation.evaluate to false",
+            )
+        )
+    if settings.glossary_path is not None:
+        wanted.append(("evaluation.glossary_path", settings.glossary_path, "glossary_not_found", "or set it to null"))
+    for param, value, code, advice in wanted:
+        path = _confined(value, param, [project], f"the project directory {project}")
+        if not path.is_file():
+            message = f"{param} {value!r} does not exist (looked for {path}); {advice}"
+            raise InvalidInput(message, code=code, param=param)
 
 
 @router.get("", response_model=TrainingStatus, summary="Status of the current job (Forge UI)")

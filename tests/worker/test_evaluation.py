@@ -1,0 +1,159 @@
+"""The evaluation step's parts: the test set, scoring through a generate callable, answer loss, generation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.training_config import EvaluationSection
+from worker import evaluation
+from worker.chat_templates import TEMPLATES
+from worker.data import DataError
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+ROWS = [
+    {
+        "conversations": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Kofi buys 2 pencils at GH₵1. How much?"},
+            {"role": "assistant", "content": "Kofi pays 2 × GH₵1 = GH₵2."},
+        ]
+    },
+    {
+        "conversations": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Where is Axim?"},
+            {"role": "assistant", "content": "Axim is in the Western Region of Ghana."},
+        ],
+        "expected_terms": ["Ghana"],
+    },
+    {"conversations": [{"role": "user", "content": "What is 5 + 3?"}, {"role": "assistant", "content": "8"}]},
+]
+
+
+def test_load_test_set_splits_prompt_and_reference(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "test.jsonl", ROWS)
+    examples = evaluation.load_test_set(path, EvaluationSection(), glossary=["Kofi", "GH₵", "Axim", "Ama"])
+    assert [e.reference for e in examples] == [
+        "Kofi pays 2 × GH₵1 = GH₵2.",
+        "Axim is in the Western Region of Ghana.",
+        "8",
+    ]
+    assert examples[0].prompt == ROWS[0]["conversations"][:2]
+    assert examples[1].prompt == ROWS[1]["conversations"][:3]  # earlier turns stay as context
+    assert [e.expected_terms for e in examples] == [["Kofi", "GH₵"], ["Ghana", "Axim"], []]
+    assert examples[1].conversation == ROWS[1]["conversations"]
+    assert len(evaluation.load_test_set(path, EvaluationSection(max_examples=2))) == 2
+
+
+def test_bad_terms_and_glossaries_are_named(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "test.jsonl", [ROWS[2], {**ROWS[2], "expected_terms": "Kofi"}])
+    with pytest.raises(DataError, match=r"test.jsonl:2: expected_terms must be a list"):
+        evaluation.load_test_set(path, EvaluationSection())
+    bad = tmp_path / "glossary.json"
+    bad.write_text('{"Kofi": 1}')
+    with pytest.raises(DataError, match="expected a JSON list"):
+        evaluation.load_glossary(bad)
+    bad.write_text("[")
+    with pytest.raises(DataError, match="not readable JSON"):
+        evaluation.load_glossary(bad)
+
+
+def test_score_uses_any_generate_callable(tmp_path: Path) -> None:
+    """What the GGUF export relies on: a generate(prompts) -> answers callable is all score needs."""
+    path = write_jsonl(tmp_path / "test.jsonl", ROWS)
+    examples = evaluation.load_test_set(path, EvaluationSection(), glossary=["Kofi", "GH₵"])
+    answers = {
+        "Kofi buys 2 pencils at GH₵1. How much?": "Kofi pays 2 × GH₵1 = GH₵2.",
+        "Where is Axim?": "It is in Ghana.",
+        "What is 5 + 3?": "9",
+    }
+    batches: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    def generate(prompts: list[list[dict[str, str]]]) -> list[str]:
+        batches.append(len(prompts))
+        return [answers[prompt[-1]["content"]] for prompt in prompts]
+
+    metrics, samples = evaluation.score(
+        examples, generate, batch_size=2, progress=lambda done, total: seen.append((done, total))
+    )
+    assert batches == [2, 1] and seen == [(2, 3), (3, 3)]
+    assert metrics["exact_match"] == pytest.approx(1 / 3, abs=1e-6)
+    # Only the first example expects local terms (Kofi, GH₵) and its answer has them.
+    assert metrics["localization_score"] == 1.0
+    assert samples[1]["answer"] == "It is in Ghana." and samples[1]["reference"].startswith("Axim")
+    assert [s["exact_match"] for s in samples] == [1.0, 0.0, 0.0]
+
+    with pytest.raises(RuntimeError, match="returned 1 answers for 3 prompts"):
+        evaluation.score(examples, lambda prompts: ["x"], batch_size=8)
+
+
+def test_write_samples_replaces_one_stage(tmp_path: Path) -> None:
+    path = tmp_path / "metrics" / "samples.jsonl"
+    evaluation.write_samples(path, "evaluate", [{"index": 0, "answer": "new"}])
+    evaluation.write_samples(path, "baseline", [{"index": 0, "answer": "base"}, {"index": 1, "answer": "b1"}])
+    evaluation.write_samples(path, "evaluate", [{"index": 0, "answer": "newer"}])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    stages = [(r["stage"], r["answer"]) for r in rows]
+    assert stages == [("baseline", "base"), ("baseline", "b1"), ("evaluate", "newer")]
+    assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = TEMPLATES["gemma-3"].jinja
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval(), tokenizer
+
+
+def _by_hand(model: torch.nn.Module, tokenizer: object, example: evaluation.TestExample) -> tuple[float, int]:
+    """Summed cross-entropy over the reference answer's tokens, from the logits of one unpadded sequence."""
+    text = tokenizer.apply_chat_template(example.conversation, tokenize=False)  # type: ignore[attr-defined]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    start = text.rindex("<start_of_turn>model\n") + len("<start_of_turn>model\n")
+    answer_from = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    total = -sum(float(log_probs[i - 1, ids[i]]) for i in range(answer_from, len(ids)))
+    return total, len(ids) - answer_from
+
+
+def test_answer_loss_is_the_mean_over_answer_tokens(tmp_path: Path, tiny: tuple) -> None:
+    model, tokenizer = tiny
+    rows = [ROWS[0], ROWS[2]]  # single-answer conversations: every answer token is the reference's
+    examples = evaluation.load_test_set(write_jsonl(tmp_path / "t.jsonl", rows), EvaluationSection())
+    sums = [_by_hand(model, tokenizer, e) for e in examples]
+    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
+    for batch_size in (1, 2):  # padding a batch must not change it
+        result = evaluation.answer_loss(
+            model, tokenizer, examples, template=TEMPLATES["gemma-3"], max_length=256, batch_size=batch_size
+        )
+        assert result["answer_tokens"] == sum(n for _, n in sums)
+        assert result["test_loss"] == pytest.approx(expected, rel=1e-4)
+        assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-3)
+
+
+def test_batched_generation_matches_one_by_one(tmp_path: Path, tiny: tuple) -> None:
+    model, tokenizer = tiny
+    examples = evaluation.load_test_set(write_jsonl(tmp_path / "t.jsonl", ROWS), EvaluationSection())
+    settings = EvaluationSection(max_new_tokens=6)
+    generate = evaluation.model_generate(model, tokenizer, settings, "<end_of_turn>", seed=0)
+    prompts = [e.prompt for e in examples]
+    together = generate(prompts)
+    alone = [generate([p])[0] for p in prompts]
+    assert together == alone and all(isinstance(a, str) for a in together)
+    assert tokenizer.padding_side == "right"  # restored after generating

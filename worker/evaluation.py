@@ -1,0 +1,241 @@
+"""The spec's `baseline` and `evaluate` steps: a model on the test split, scored the same way both times.
+
+`score` only needs the test examples and a `generate(prompts) -> answers` callable, so anything that can
+answer a batch of conversations (a transformers or Unsloth model here, a llama.cpp GGUF in the export step)
+is scored by the same code. `answer_loss` adds the test loss and perplexity of the reference answers, which
+needs the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.datasets.encoding import IGNORE, Markers, encode
+from app.datasets.formats import RowProblem, check_order, convert, detect
+from app.datasets.templates import ChatTemplate
+from app.training_config import PERPLEXITY, TEST_LOSS, EvaluationSection
+from worker.data import DataError
+from worker.metrics import expected_terms, score_answers
+
+Conversation = list[dict[str, str]]
+# Answers a batch of prompt conversations (each ending with a user turn), one string per prompt, in order.
+Generate = Callable[[list[Conversation]], list[str]]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TestExample:
+    prompt: Conversation  # the turns before the reference answer
+    reference: str  # the last assistant turn
+    expected_terms: list[str] = field(default_factory=list)
+
+    @property
+    def conversation(self) -> Conversation:
+        return [*self.prompt, {"role": "assistant", "content": self.reference}]
+
+
+def load_glossary(path: Path) -> list[str]:
+    """A JSON list of local terms."""
+    try:
+        terms = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"evaluation.glossary_path {path}: not readable JSON ({exc})") from exc
+    if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
+        raise DataError(f"evaluation.glossary_path {path}: expected a JSON list of non-empty strings")
+    return [t.strip() for t in terms]
+
+
+def _read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], list[str]]]:
+    """Each row's turns (any format the datasets accept, told row by row) and its own expected terms."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                converted = convert(raw, detect(raw) or "sharegpt")
+                check_order(converted)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path.name}:{number}: not JSON ({exc.msg})") from exc
+            except RowProblem as exc:
+                raise DataError(f"{path.name}:{number}: {exc.field or 'row'}: {exc.message}") from exc
+            value = raw.get(terms_field, [])
+            if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+                raise DataError(f"{path.name}:{number}: {terms_field} must be a list of non-empty strings")
+            rows.append((converted.turns, [t.strip() for t in value]))
+    if not rows:
+        raise DataError(f"{path} has no rows to evaluate on")
+    return rows
+
+
+def load_test_set(path: Path, settings: EvaluationSection, glossary: Sequence[str] = ()) -> list[TestExample]:
+    """The test split's examples: prompt, reference answer (the last assistant turn) and expected local terms."""
+    examples = []
+    for turns, own_terms in _read_rows(path, settings.terms_field):
+        last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
+        reference = turns[last]["content"]
+        examples.append(TestExample(turns[:last], reference, expected_terms(reference, glossary, own_terms)))
+    return examples[: settings.max_examples] if settings.max_examples else examples
+
+
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def score(
+    examples: Sequence[TestExample],
+    generate: Generate,
+    *,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    """Generate an answer to each example and score them: the metrics and one sample row per example."""
+    answers: list[str] = []
+    for batch in batches(examples, batch_size):
+        answers += generate([example.prompt for example in batch])
+        if progress:
+            progress(len(answers), len(examples))
+    if len(answers) != len(examples):
+        raise RuntimeError(f"generate returned {len(answers)} answers for {len(examples)} prompts")
+    metrics, per_answer = score_answers(answers, [e.reference for e in examples], [e.expected_terms for e in examples])
+    samples = [
+        {"index": i, "prompt": example.prompt, "reference": example.reference, "answer": answer, **scores}
+        for i, (example, answer, scores) in enumerate(zip(examples, answers, per_answer, strict=True))
+    ]
+    return metrics, samples
+
+
+# ------------------------------------------------------------------------------------------ with a model
+
+
+def _text_tokenizer(tokenizer: Any) -> Any:
+    # A multimodal processor (Unsloth's Gemma 3 4B) carries its text tokenizer inside.
+    return getattr(tokenizer, "tokenizer", tokenizer)
+
+
+def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop_word: str, seed: int) -> Generate:
+    """Batched generation with the model's own chat template; greedy unless settings.do_sample."""
+    import torch
+    from transformers import GenerationConfig
+
+    text = _text_tokenizer(tokenizer)
+    stops = [text.eos_token_id]
+    # The template's end of an answer (<end_of_turn>, <|eot_id|>, <|im_end|>) ends generation as the EOS does.
+    end_of_turn = text.convert_tokens_to_ids(stop_word)
+    if isinstance(end_of_turn, int) and end_of_turn != text.unk_token_id:
+        stops.append(end_of_turn)
+    sampling = (
+        {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+        if settings.do_sample
+        else {}
+    )
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        eos_token_id=stops,
+        pad_token_id=text.pad_token_id if text.pad_token_id is not None else text.eos_token_id,
+        **sampling,
+    )
+    device = next(model.parameters()).device
+
+    def generate(prompts: list[Conversation]) -> list[str]:
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        side, text.padding_side = text.padding_side, "left"  # a batch's answers all start at the same column
+        try:
+            encoded = text(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        finally:
+            text.padding_side = side
+        if settings.do_sample:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = model.generate(**encoded, generation_config=config)
+        new = output[:, encoded["input_ids"].shape[1] :]
+        return [text.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    return generate
+
+
+def answer_loss(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[TestExample],
+    *,
+    template: ChatTemplate,
+    max_length: int,
+    batch_size: int,
+) -> dict[str, float | int | None]:
+    """Mean cross-entropy per reference-answer token (the tokens training learns from) and its perplexity."""
+    import torch
+
+    text = _text_tokenizer(tokenizer)
+    markers = Markers.of(text, template)
+    rows = []
+    for example in examples:
+        templated = tokenizer.apply_chat_template(example.conversation, tokenize=False)
+        encoded = encode(text, templated, markers, max_length)
+        if sum(label != IGNORE for label in encoded.labels[1:]) > 0:  # a truncated answer has nothing to score
+            rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    device = next(model.parameters()).device
+    pad = text.pad_token_id if text.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    for batch in batches(rows, batch_size):
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=device)
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask.to(device), labels=labels)
+        # The model's loss is the mean over the batch's predicted tokens; weigh it back to a sum.
+        tokens = int((labels[:, 1:] != -100).sum())
+        total += float(out.loss) * tokens
+        count += tokens
+    loss = total / count if count else None
+    return {
+        TEST_LOSS: None if loss is None else round(loss, 6),
+        PERPLEXITY: None if loss is None else round(math.exp(min(loss, 700.0)), 6),
+        "answer_tokens": count,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_samples(path: Path, stage: str, rows: list[dict[str, Any]]) -> None:
+    """Replace one stage's rows in samples.jsonl (baseline, evaluate, inference), keeping the other stages'."""
+    kept = []
+    if path.is_file():
+        kept = [
+            row
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+            for row in [json.loads(line)]
+            if row.get("stage") != stage
+        ]
+    order = {"baseline": 0, "evaluate": 1, "inference": 2}
+    merged = sorted(kept + [{"stage": stage, **row} for row in rows], key=lambda r: order.get(r["stage"], 3))
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged))
