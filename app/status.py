@@ -55,6 +55,9 @@ def of_job(job: Job | None) -> TrainingStatus:
         epoch_progress=round(job.epoch, 4),
         tokens_per_second=job.tokens_per_second,
         updated_at=job.updated_at,
+        kind=job.kind,
+        phase_progress=job.phase_progress,
+        phase_detail=job.phase_detail,
     )
 
 

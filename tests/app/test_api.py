@@ -84,10 +84,12 @@ def test_spec_config_is_accepted_verbatim(client: TestClient) -> None:
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["phase"] == "queued"
-    assert {k: v for k, v in job["config"].items() if k != "training"} == {
-        k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k != "training"
+    assert {k: v for k, v in job["config"].items() if k not in ("training", "save")} == {
+        k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k not in ("training", "save")
     }
+    # Forge adds settings (with defaults) to these two sections; the spec's own keys come back unchanged.
     assert job["config"]["training"].items() >= SPEC_CONFIG["training"].items()
+    assert job["config"]["save"].items() >= SPEC_CONFIG["save"].items()
     status = client.get("/api/training").json()
     assert status["job_id"] == job["id"] and status["running"] is False and status["total_epochs"] == 3
 
@@ -253,7 +255,7 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 9
+    assert len(operations) == 10
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json")
@@ -278,6 +280,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}",
         "/api/training/jobs/{job_id}/cancel",
         "/api/training/jobs/{job_id}/resume",
+        "/api/training/jobs/{job_id}/exports",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",
     }
@@ -288,7 +291,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "step",
         "total_steps",
     ]
-    for name in ("ModelSection", "LoraSection", "TrainingSection", "DatasetSection", "SaveSection"):
+    for name in ("ModelSection", "LoraSection", "TrainingSection", "DatasetSection", "SaveSection", "ExportRequest"):
         for field in spec["components"]["schemas"][name]["properties"].values():
             assert field.get("description"), f"{name} has an undocumented field"
 
