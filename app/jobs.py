@@ -284,7 +284,7 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
             param="job_id",
         )
     checkpoint = checkpoint_of(job)
-    if checkpoint is None:
+    if checkpoint is None and job.kind != JobKind.export:  # an export job starts over
         raise Conflict(
             f"job {job_id} has no complete checkpoint to resume from; set training.save_steps to keep "
             "checkpoints, and submit the job again",
@@ -321,7 +321,8 @@ def expire_lost(
         if job.status == JobStatus.cancelling:
             status = JobStatus.cancelled
             values = {"status": status, "phase": JobPhase.done, "finished_at": now, "lease_expires_at": None}
-        elif checkpoint and job.config["training"].get("resume_on_worker_lost", True):
+        elif (checkpoint or job.kind == JobKind.export) and job.config["training"].get("resume_on_worker_lost", True):
+            # An export job keeps nothing between attempts: it starts over.
             status, values = JobStatus.queued, _requeued(checkpoint)
         else:
             status = JobStatus.failed

@@ -45,6 +45,7 @@ QUANTIZATION_MAX_DROP = 0.05
 # The test split is scored greedily on at most this many examples, with answers of at most this many tokens.
 EVAL_MAX_EXAMPLES = 32
 EVAL_MAX_NEW_TOKENS = 64
+REFERENCE_BATCH = 8  # prompts the merged model answers at once
 
 # GGUF types the converter writes itself, and its --outtype for each.
 CONVERTER_TYPES = {"f16": "f16", "bf16": "bf16", "Q8_0": "q8_0"}
@@ -417,12 +418,15 @@ def merged_predictions(
     # Stop where llama.cpp stops: at the end of the model's turn as well as at <eos>.
     turn_end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     stop_ids = {tokenizer.eos_token_id, turn_end} - {None, tokenizer.unk_token_id}
-    answers = []
+    # A batch of prompts at a time, padded on the left so that every answer starts at the same position.
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
     try:
-        for i, prompt in enumerate(prompts):
+        for start in range(0, len(prompts), REFERENCE_BATCH):
             check_stop()
+            batch = list(prompts[start : start + REFERENCE_BATCH])
             inputs: Any = tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                batch, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
             )
             inputs = inputs.to(device)
             with torch.inference_mode():
@@ -433,9 +437,9 @@ def merged_predictions(
                     eos_token_id=sorted(stop_ids),
                     pad_token_id=tokenizer.pad_token_id,
                 )
-            new = output[0][inputs["input_ids"].shape[1] :]
-            answers.append(str(tokenizer.decode(new, skip_special_tokens=True)).strip())
-            progress((i + 1) / len(prompts))
+            new = output[:, inputs["input_ids"].shape[1] :]
+            answers += [str(text).strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            progress(len(answers) / len(prompts))
     finally:
         del model
         if device == "cuda":
@@ -607,7 +611,9 @@ def _generate_main(args: argparse.Namespace) -> None:
 
     prompts = json.loads(Path(args.request).read_text())["prompts"]
     started = time.monotonic()
-    llm = llama_cpp.Llama(model_path=args.model, n_ctx=args.n_ctx, seed=0, verbose=False)
+    # All the cores this process may use (llama-cpp-python's default is half): the job does nothing else now.
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    llm = llama_cpp.Llama(model_path=args.model, n_ctx=args.n_ctx, n_threads=threads, seed=0, verbose=False)
     loaded = time.monotonic()
     template = llm.metadata.get("tokenizer.chat_template")
     if template is None:
