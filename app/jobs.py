@@ -19,25 +19,34 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
-from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobPhase, JobStatus, utcnow
-from app.training_config import TrainingConfig
+from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
+from app.training_config import ExportRequest, TrainingConfig
 
 # Failures after which a job may be resumed from its checkpoint.
 RESUMABLE_ERRORS = frozenset({"worker_lost", "worker_crashed"})
 
 
-def create(session: Session, config: TrainingConfig, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def create(
+    session: Session,
+    config: TrainingConfig,
+    idempotency_key: str | None = None,
+    *,
+    kind: JobKind = JobKind.training,
+    source_job_id: str | None = None,
+) -> tuple[Job, bool]:
     """Queue a job. With an idempotency key, a retry returns the job the first request made.
 
     Returns the job and whether it was created now.
     """
     data = config.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    # Training jobs hash their config alone, as before export jobs existed, so old keys still replay.
+    hashed: dict[str, Any] = data if kind == JobKind.training else {"kind": kind, "source": source_job_id, **data}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, idempotency_key, digest)
         if existing is not None:
             return existing, False
-    job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest)
+    job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest, kind=kind, source_job_id=source_job_id)
     session.add(job)
     try:
         session.commit()
@@ -51,11 +60,44 @@ def create(session: Session, config: TrainingConfig, idempotency_key: str | None
     return job, True
 
 
+def create_export(
+    session: Session,
+    source_id: str,
+    request: ExportRequest,
+    has_adapters: Callable[[Job], bool],
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Queue an export job for a succeeded training job: its adapters, merged and exported again, no training."""
+    source = get(session, source_id)
+    if source.kind != JobKind.training:
+        raise Conflict(
+            f"job {source_id} is an export job; export from the training job {source.source_job_id} instead",
+            code="not_a_training_job",
+            param="job_id",
+        )
+    if source.status != JobStatus.succeeded:
+        raise Conflict(
+            f"job {source_id} is {source.status.value}; only a succeeded training job has adapters to export",
+            code="job_not_succeeded",
+            param="job_id",
+        )
+    if not has_adapters(source):
+        raise Conflict(
+            f"job {source_id} has no LoRA adapters left in its run folder (save.lora_path); train it again",
+            code="no_adapters",
+            param="job_id",
+        )
+    config = TrainingConfig.model_validate(source.config)
+    # The source's lora_path stays: the export job reads the adapters from the source's run folder.
+    config.save = config.save.model_copy(update=request.model_dump())
+    return create(session, config, idempotency_key, kind=JobKind.export, source_job_id=source.id)
+
+
 def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
     job = session.exec(select(Job).where(Job.idempotency_key == key)).first()
     if job is not None and job.request_hash != digest:
         raise Conflict(
-            "this Idempotency-Key was already used for a different training config; use a new key for a new job",
+            "this Idempotency-Key was already used for a different request; use a new key for a new job",
             code="idempotency_key_reused",
             param="Idempotency-Key",
         )
@@ -198,6 +240,8 @@ def finish(
         "updated_at": now,
         "lease_expires_at": None,
         "eta_seconds": 0 if status == JobStatus.succeeded else None,
+        "phase_progress": None,
+        "phase_detail": None,
         "error_code": error_code,
         "error_message": error_message,
     }
@@ -240,7 +284,7 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
             param="job_id",
         )
     checkpoint = checkpoint_of(job)
-    if checkpoint is None:
+    if checkpoint is None and job.kind != JobKind.export:  # an export job starts over
         raise Conflict(
             f"job {job_id} has no complete checkpoint to resume from; set training.save_steps to keep "
             "checkpoints, and submit the job again",
@@ -277,7 +321,8 @@ def expire_lost(
         if job.status == JobStatus.cancelling:
             status = JobStatus.cancelled
             values = {"status": status, "phase": JobPhase.done, "finished_at": now, "lease_expires_at": None}
-        elif checkpoint and job.config["training"].get("resume_on_worker_lost", True):
+        elif (checkpoint or job.kind == JobKind.export) and job.config["training"].get("resume_on_worker_lost", True):
+            # An export job keeps nothing between attempts: it starts over.
             status, values = JobStatus.queued, _requeued(checkpoint)
         else:
             status = JobStatus.failed

@@ -67,7 +67,15 @@ class JobPhase(enum.StrEnum):
     training = "training"
     saving = "saving"
     evaluate = "evaluate"
+    exporting = "exporting"
     done = "done"
+
+
+class JobKind(enum.StrEnum):
+    """training: fine-tune, save and export; export: export a finished training job's adapters again."""
+
+    training = "training"
+    export = "export"
 
 
 class GateName(enum.StrEnum):
@@ -96,6 +104,9 @@ class Job(SQLModel, table=True):
     __table_args__ = (Index("ix_job_status_created", "status", "created_at"),)
 
     id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    kind: JobKind = Field(default=JobKind.training, max_length=16)
+    # An export job works on this (succeeded) training job's adapters.
+    source_job_id: str | None = Field(default=None, max_length=32)
     status: JobStatus = Field(default=JobStatus.queued, max_length=16)
     phase: JobPhase = Field(default=JobPhase.queued, max_length=32)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -122,6 +133,9 @@ class Job(SQLModel, table=True):
     learning_rate: float | None = None
     eta_seconds: float | None = None
     tokens_per_second: float | None = None
+    # Progress inside a long phase other than training (exporting: converting, quantizing, verifying).
+    phase_progress: float | None = None
+    phase_detail: str | None = Field(default=None, max_length=512)
 
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = None
@@ -202,8 +216,12 @@ class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    kind: JobKind = PydanticField(description="training, or export (a finished job's adapters exported again).")
+    source_job_id: str | None = PydanticField(description="For an export job: the training job it exports.")
     status: JobStatus
     phase: JobPhase
+    phase_progress: float | None = PydanticField(description="0-1 within the current phase, outside training.")
+    phase_detail: str | None = PydanticField(description="What the current phase is doing, e.g. which GGUF.")
     backend: str | None = PydanticField(description="The backend that ran it, once the worker has chosen.")
     cancel_requested: bool
     created_at: datetime
@@ -276,6 +294,9 @@ class TrainingStatus(BaseModel):
         default=None, description="Baseline or evaluate step progress: test examples answered of the total."
     )
     gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
+    kind: JobKind | None = None
+    phase_progress: float | None = PydanticField(default=None, description="0-1 within a phase other than training.")
+    phase_detail: str | None = PydanticField(default=None, description="What that phase is doing now.")
 
 
 class ArtifactRead(BaseModel):

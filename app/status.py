@@ -62,6 +62,9 @@ def of_job(job: Job | None) -> TrainingStatus:
         eval_loss=(job.result or {}).get("eval_loss"),
         evaluation=progress,
         gates=gates,
+        kind=job.kind,
+        phase_progress=job.phase_progress,
+        phase_detail=job.phase_detail,
     )
 
 

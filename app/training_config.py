@@ -6,10 +6,20 @@ It validates API input, documents the OpenAPI page and drives the worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Annotated, Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 EMBEDDED_MODEL = "embedded:gemma-3-270m"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -162,18 +172,89 @@ class DatasetSection(_Section):
         return value
 
 
+GGUFType = Literal["Q8_0", "f16", "bf16", "Q4_K_M", "Q5_K_M"]
+GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
+
+
+def _canonical_gguf_types(value: object) -> object:
+    """Any letter case ("q4_k_m", as Unsloth's docs write it) becomes the spec's spelling; unknown names are
+    one clear error here rather than one per member of the union below."""
+    canonical = {name.lower(): name for name in GGUF_TYPES}
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"must be a GGUF type or a list of them: {', '.join(GGUF_TYPES)}")
+    unknown = [n for n in names if n.lower() not in canonical]
+    if unknown:
+        raise ValueError(f"unknown GGUF type(s) {', '.join(map(repr, unknown))}; choose from {', '.join(GGUF_TYPES)}")
+    fixed = [canonical[n.lower()] for n in names]
+    if isinstance(value, str):
+        return fixed[0]
+    if not fixed:
+        raise ValueError(f"give at least one GGUF type ({', '.join(GGUF_TYPES)}), or set gguf_path to null")
+    repeated = sorted({n for n in fixed if fixed.count(n) > 1})
+    if repeated:
+        raise ValueError(f"GGUF type(s) listed twice: {', '.join(repeated)}")
+    return fixed
+
+
+RunPath = Annotated[str, AfterValidator(_relative_inside_run)]
+GGUFQuantization = Annotated[
+    GGUFType | list[GGUFType],
+    BeforeValidator(_canonical_gguf_types),
+    Field(
+        description=(
+            "One GGUF type or a list: Q8_0, f16, bf16 (written by llama.cpp's converter) and the k-quants Q4_K_M, "
+            "Q5_K_M (quantized from f16 by llama.cpp). Each becomes `model-<TYPE>.gguf` in gguf_path."
+        ),
+        examples=["Q8_0", ["Q8_0", "Q4_K_M"]],
+    ),
+]
+MaxGGUFBytes = Annotated[
+    int | None,
+    Field(ge=1, description="quantization-verified fails a GGUF file larger than this; null: no size limit."),
+]
+
+
+def _gguf_types(gguf_path: str | None, quantization: str | Sequence[str]) -> list[str]:
+    if gguf_path is None:
+        return []
+    return [quantization] if isinstance(quantization, str) else list(quantization)
+
+
 class SaveSection(_Section):
-    lora_path: str = Field(default="models/checkpoints/lora", description="LoRA adapters, in the run folder.")
-    merged_path: str | None = Field(
+    lora_path: RunPath = Field(default="models/checkpoints/lora", description="LoRA adapters, in the run folder.")
+    merged_path: RunPath | None = Field(
         default="models/checkpoints/merged", description="Merged 16-bit model, in the run folder; null skips."
     )
-    gguf_path: str | None = Field(default="models/quantized", description="GGUF folder, in the run folder; null skips.")
-    gguf_quantization: Literal["Q8_0", "f16", "bf16"] = Field(default="Q8_0", description="GGUF type.")
+    gguf_path: RunPath | None = Field(
+        default="models/quantized", description="GGUF files, in the run folder; null skips GGUF export."
+    )
+    gguf_quantization: GGUFQuantization = "Q8_0"
+    max_gguf_bytes: MaxGGUFBytes = None
 
-    @field_validator("lora_path", "merged_path", "gguf_path")
-    @classmethod
-    def _inside_run_folder(cls, value: str | None) -> str | None:
-        return None if value is None else _relative_inside_run(value)
+    @property
+    def gguf_types(self) -> list[str]:
+        """The requested GGUF types in order; none when gguf_path is null."""
+        return _gguf_types(self.gguf_path, self.gguf_quantization)
+
+
+class ExportRequest(_Section):
+    """Body of POST /api/training/jobs/{id}/exports: a finished job's adapters, exported again."""
+
+    merged_path: RunPath | None = Field(
+        default=None, description="Also keep the merged 16-bit model, in the export job's run folder; null: don't."
+    )
+    gguf_path: RunPath | None = Field(
+        default="models/quantized", description="GGUF files, in the export job's run folder; null: none."
+    )
+    gguf_quantization: GGUFQuantization = "Q8_0"
+    max_gguf_bytes: MaxGGUFBytes = None
+
+    @model_validator(mode="after")
+    def _something_to_export(self) -> ExportRequest:
+        if self.gguf_path is None and self.merged_path is None:
+            raise ValueError("nothing to export: set gguf_path (GGUF files) or merged_path (a merged model)")
+        return self
 
 
 class EvaluationSection(_Section):

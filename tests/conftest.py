@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +185,10 @@ class Processes:
                 time.sleep(0.2)
         raise RuntimeError(f"the API did not start:\n{self.log_text()}")
 
-    def worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def worker(self, *args: str, prefix: Sequence[str] = (), **env: str) -> subprocess.Popen[bytes]:
+        """A worker; `prefix` runs it under another command (e.g. `unshare -n`, no network)."""
         env_vars = process_env(self.project, self.models_root, **env)
-        return self._spawn([sys.executable, "-m", "worker", *args], "worker", env_vars)
+        return self._spawn([*prefix, sys.executable, "-m", "worker", *args], "worker", env_vars)
 
     def stop_all(self) -> None:
         for proc in self.procs:

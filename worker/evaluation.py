@@ -52,7 +52,7 @@ def load_glossary(path: Path) -> list[str]:
     return [t.strip() for t in terms]
 
 
-def _read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], list[str]]]:
+def read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], list[str]]]:
     """Each row's turns (any format the datasets accept, told row by row) and its own expected terms."""
     rows = []
     with path.open(encoding="utf-8") as handle:
@@ -79,7 +79,7 @@ def _read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]],
 def load_test_set(path: Path, settings: EvaluationSection, glossary: Sequence[str] = ()) -> list[TestExample]:
     """The test split's examples: prompt, reference answer (the last assistant turn) and expected local terms."""
     examples = []
-    for turns, own_terms in _read_rows(path, settings.terms_field):
+    for turns, own_terms in read_rows(path, settings.terms_field):
         last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
         reference = turns[last]["content"]
         examples.append(TestExample(turns[:last], reference, expected_terms(reference, glossary, own_terms)))

@@ -95,6 +95,8 @@ class Worker:
             project_dir=str(self.settings.resolved_project_dir),
             cache_dir=str(self.settings.cache_dir),
             resume_from=job.resume_from,
+            kind=job.kind.value,
+            source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
         )
         child = self._child_for(str(job.config.get("backend", "auto")))
         child.stop_flag.value = RUN
@@ -167,7 +169,8 @@ class Worker:
                 if kind == "progress":
                     pending.update({k: v for k, v in message.items() if v is not None})
                 elif kind == "phase":
-                    pending["phase"] = JobPhase(message["phase"])
+                    # A new phase starts without the previous one's progress line.
+                    pending.update(phase=JobPhase(message["phase"]), phase_progress=None, phase_detail=None)
                     self._flush(job, pending)
                     last_flush = time.monotonic()
                 elif kind == "backend":

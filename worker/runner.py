@@ -1,5 +1,8 @@
 """One job, in the spec's order: load model -> attach LoRA -> prepare data -> baseline -> train -> save ->
-evaluate -> gates.
+evaluate -> export -> gates.
+
+An export job (kind `export`) skips to the end: it merges a finished job's adapters into the base again and
+exports that, without training.
 
 Runs in a child process of the worker, so a crash, a CUDA out-of-memory or a kill cannot take the worker
 down; the process stays for the worker's next job while jobs end cleanly (`child_main`). It talks to the
@@ -15,16 +18,15 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.models import GatesReport, JobPhase
+from app.models import GateName, GateResult, GatesReport, GateStatus, JobKind, JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import chat_templates, evaluation, gates
+from worker import chat_templates, evaluation, export, gates
 from worker.chat_templates import ChatTemplate
 from worker.data import DataError, prepare
 from worker.evaluation import TestExample
@@ -71,6 +73,8 @@ class JobSpec:
     project_dir: str
     cache_dir: str
     resume_from: str | None = None
+    kind: str = JobKind.training.value
+    source_run_dir: str | None = None  # an export job's source: the training job's run folder
 
 
 class JobRunner:
@@ -104,6 +108,9 @@ class JobRunner:
     def publish(self, **fields: Any) -> None:
         self.partial.update(fields)
         self.report({"type": "result", "result": dict(self.partial)})
+
+    def phase_progress(self, fraction: float, detail: str) -> None:
+        self.report({"type": "progress", "phase_progress": fraction, "phase_detail": detail})
 
     # -- steps ----------------------------------------------------------------------------------------
     def resolve_model(self) -> str:
@@ -206,9 +213,15 @@ class JobRunner:
         self.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
-    def run_gates(self, baseline: dict | None, evaluated: dict | None, log_history: list[dict]) -> GatesReport:
+    def run_gates(
+        self,
+        baseline: dict | None,
+        evaluated: dict | None,
+        log_history: list[dict],
+        quantization: GateResult | None = None,
+    ) -> GatesReport:
         losses = [float(entry["loss"]) for entry in log_history if "loss" in entry]
-        result = gates.run_all(self.config.gates, baseline, evaluated, losses)
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
         evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
         for gate in result.gates:
             log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
@@ -216,6 +229,8 @@ class JobRunner:
         return result
 
     def run(self) -> dict[str, Any]:
+        if self.spec.kind == JobKind.export:
+            return self.run_export()
         from worker import backends
 
         started = time.monotonic()
@@ -234,6 +249,7 @@ class JobRunner:
 
         self.phase(JobPhase.loading_model)
         model_path = self.resolve_model()
+        examples = self.prepare_export(model_path)  # a GGUF export that cannot work fails now, not after training
         try:
             model, tokenizer = backend.load_model(model_path, self.config)
         except OSError as exc:
@@ -278,13 +294,12 @@ class JobRunner:
         lora_path = self.run_dir / save.lora_path
         backend.save_lora(model, tokenizer, str(lora_path))
         self.report({"type": "checkpoint"})
-        exports: dict[str, str] = {"lora": save.lora_path}
-        if save.merged_path:
-            backend.save_merged(model, tokenizer, str(self.run_dir / save.merged_path), model_path, str(lora_path))
-            exports["merged"] = save.merged_path
-        if save.gguf_path:
-            exports["gguf"] = "not exported: GGUF export is not part of this version of the service yet"
-            log.warning("save.gguf_path is set but GGUF export is not available yet; skipped")
+        exports: dict[str, Any] = {"lora": save.lora_path}
+        merged_dir = self.merged_dir()
+        if merged_dir is not None:
+            backend.save_merged(model, tokenizer, str(merged_dir), model_path, str(lora_path))
+            if save.merged_path:
+                exports["merged"] = save.merged_path
 
         evaluated = self.evaluate(backend, model, tokenizer, test_set)
 
@@ -292,7 +307,7 @@ class JobRunner:
         steps = int(trainer.state.global_step)
         seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
         runtime = float(metrics.get("train_runtime", 0.0))
-        stats = {
+        stats: dict[str, Any] = {
             "backend": backend.name,
             "model": self.config.model.name,
             "model_path": model_path,
@@ -303,14 +318,26 @@ class JobRunner:
             "train_runtime_seconds": round(runtime, 3),
             "tokens_seen": seen,
             "tokens_per_second": round(seen / runtime, 1) if runtime > 0 and seen else None,
-            "wall_seconds": round(time.monotonic() - started, 3),
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
             "data": data.stats,
             "eval_loss": next((e["eval_loss"] for e in reversed(progress.log_history) if "eval_loss" in e), None),
-            "exports": exports,
-            "log_history": progress.log_history,
         }
-        gate_report = self.run_gates(baseline, evaluated, log_history)
+        # The export loads models of its own: give back what training held.
+        del model, trainer, dataset, eval_dataset
+        _free_memory()
+
+        quantization: GateResult | None = None
+        if save.gguf_types and merged_dir is not None:
+            self.phase(JobPhase.exporting)
+            tracker = export.Tracker.planned(self.phase_progress, save.gguf_types, merging=False, scoring=examples)
+            exports["gguf"], stats["quantization"] = self.export_gguf(merged_dir, examples, tracker)
+            quantization = _quantization_gate(stats["quantization"])
+            if not save.merged_path:
+                export.remove_tree(merged_dir)
+
+        stats.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
+        stats["log_history"] = progress.log_history
+        gate_report = self.run_gates(baseline, evaluated, log_history, quantization)
         stats.update(self.partial)
         evaluation.write_json(self.run_dir / "metrics" / "training-stats.json", stats)
         failed = [g for g in gate_report.gates if g.status == "failed"]
@@ -321,6 +348,144 @@ class JobRunner:
                 + "; ".join(f"{g.name.value} failed: {g.message}" for g in failed)
             )
         return stats
+
+    def run_export(self) -> dict[str, Any]:
+        """An export job: the source job's LoRA adapters merged into the base model again, then exported."""
+        started = time.monotonic()
+        save = self.config.save
+        self.phase(JobPhase.exporting)
+        model_path = self.resolve_model()
+        lora_path = Path(self.spec.source_run_dir or "") / save.lora_path
+        if not (lora_path / "adapter_config.json").is_file():
+            raise export.ExportError(
+                f"no LoRA adapters at {lora_path} (adapter_config.json): the source job's files were removed; "
+                "train the job again"
+            )
+        examples = self.prepare_export(model_path)
+        tracker = export.Tracker.planned(self.phase_progress, save.gguf_types, merging=True, scoring=examples)
+        merged_dir = self.merged_dir()
+        assert merged_dir is not None  # ExportRequest asks for a merged model or GGUF files
+        exports: dict[str, Any] = {}
+        stats: dict[str, Any] = {"kind": "export", "model": self.config.model.name, "model_path": model_path}
+        try:
+            tracker.stage("merge", "merging the LoRA adapters into the base model")
+            export.merge_lora(model_path, lora_path, merged_dir)
+            if save.merged_path:
+                exports["merged"] = save.merged_path
+            if save.gguf_types:
+                exports["gguf"], stats["quantization"] = self.export_gguf(merged_dir, examples, tracker)
+        finally:
+            if not save.merged_path:
+                export.remove_tree(merged_dir)
+        stats.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
+        export.write_json(self.run_dir / "metrics" / "export-stats.json", stats)
+        return stats
+
+    # -- export ---------------------------------------------------------------------------------------
+    def merged_dir(self) -> Path | None:
+        """Where the merged model goes: save.merged_path, or a scratch folder when only GGUF files are wanted."""
+        save = self.config.save
+        if save.merged_path:
+            return self.run_dir / save.merged_path
+        return self.run_dir / f"models/merged{export.PARTIAL}" if save.gguf_types else None
+
+    def prepare_export(self, model_path: str) -> list[export.Example]:
+        """Check, before any work, that the GGUF export can run here; the test split its gate is scored on."""
+        if not self.config.save.gguf_types:
+            return []
+        architecture = export.check_tools(model_path, self.config.model.name)
+        log.info("GGUF export: %s to %s", architecture, ", ".join(self.config.save.gguf_types))
+        test_split = self.project_dir / self.config.evaluation.test_path  # the split the evaluate step scores
+        if not test_split.is_file():
+            log.warning("no test split at %s: the GGUF files are checked but their quality is not scored", test_split)
+            return []
+        return export.test_examples(test_split)
+
+    def export_gguf(
+        self, merged_dir: Path, examples: list[export.Example], tracker: export.Tracker
+    ) -> tuple[list[str], dict[str, Any]]:
+        """export -> verify -> gate: GGUF files of the merged model, each loaded by llama.cpp and scored against it
+        on the test split (metrics/quantization.json). Returns the files and the gate's summary."""
+        save = self.config.save
+        assert save.gguf_path is not None
+        files = export.write_ggufs(merged_dir, self.run_dir / save.gguf_path, save.gguf_types, tracker, self.check_stop)
+        reference, reference_sample = self.reference_score(merged_dir, examples, tracker)
+        checked = export.verify_ggufs(
+            files,
+            examples,
+            export.chrf,
+            tracker,
+            n_ctx=self.config.model.max_seq_length + export.EVAL_MAX_NEW_TOKENS,
+            check_stop=self.check_stop,
+        )
+        max_drop = self.config.gates.quantization_max_drop
+        gate = export.quantization_gate(reference, checked, max_drop, save.max_gguf_bytes)
+        for item in gate["files"]:
+            item["path"] = (Path(save.gguf_path) / item.pop("file")).as_posix()
+        test_split = Path(self.config.evaluation.test_path)
+        report = {
+            **gate,
+            "metric": "chrf",
+            "test_split": test_split.as_posix() if examples else None,
+            "examples": len(examples),
+            "max_new_tokens": export.EVAL_MAX_NEW_TOKENS,
+            "reference": {"model": "merged", "score": reference, "sample": reference_sample},
+        }
+        export.write_json(self.run_dir / "metrics" / "quantization.json", report)
+        log.info("%s: %s (%s)", export.GATE, gate["status"], json.dumps(_gate_summary(gate)))
+        return [item["path"] for item in gate["files"]], _gate_summary(gate)
+
+    def reference_score(
+        self, merged_dir: Path, examples: list[export.Example], tracker: export.Tracker
+    ) -> tuple[float | None, dict[str, Any] | None]:
+        """The merged model's chrF on the test split: what the GGUF files are held to."""
+        if not examples:
+            return None, None
+        step = tracker.stage("reference", f"answering {len(examples)} test prompts with the merged model")
+        prompts = [e.prompt for e in examples]
+        answers = export.merged_predictions(merged_dir, prompts, export.EVAL_MAX_NEW_TOKENS, step, self.check_stop)
+        score = export.chrf(answers, [e.reference for e in examples])
+        return score, {"prompt": prompts[0], "answer": answers[0], "expected": examples[0].reference}
+
+
+def _gate_summary(gate: dict[str, Any]) -> dict[str, Any]:
+    """What the job's result shows of the gate; metrics/quantization.json has the rest."""
+    keep = ("quantization", "path", "bytes", "score", "relative_drop", "passed", "reasons")
+    return {
+        "gate": gate["gate"],
+        "status": gate["status"],
+        "reference_score": gate["reference_score"],
+        "max_drop": gate["max_drop"],
+        "files": [{k: item.get(k) for k in keep} for item in gate["files"]],
+    }
+
+
+def _quantization_gate(summary: dict[str, Any]) -> GateResult:
+    """The export's verdict (metrics/quantization.json) as the `quantization-verified` gate of metrics/gates.json."""
+    parts = [
+        f"{f['quantization']}: chrF {f['score']}, drop {f['relative_drop']}"
+        + (f" ({'; '.join(f['reasons'])})" if f.get("reasons") else "")
+        for f in summary["files"]
+    ]
+    reference = summary["reference_score"]
+    message = (
+        f"each GGUF against the merged model (chrF {reference}) on the test split, at most "
+        f"{summary['max_drop']:.0%} lower: " + "; ".join(parts)
+        if reference is not None
+        else "no test split to score the GGUF files on; " + "; ".join(parts)
+    )
+    return GateResult(
+        name=GateName.quantization_verified, status=GateStatus(summary["status"]), message=message, details=summary
+    )
+
+
+def _free_memory() -> None:
+    """Give back what a finished step or job held (model, optimizer state, cached CUDA blocks)."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _peak_gpu_memory_gib() -> float | None:
@@ -410,20 +575,12 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
         code, message = _classify(exc)
         conn.send({"type": "failed", "code": code, "message": message})
     else:
-        log.info("done: %d steps, final loss %s", stats["steps"], stats["final_loss"])
+        log.info("done: %s", json.dumps({k: stats.get(k) for k in ("kind", "steps", "final_loss", "exports")}))
         conn.send({"type": "succeeded", "result": {k: v for k, v in stats.items() if k != "log_history"}})
         reusable = True
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
         del runner
-        _release_memory()
+        _free_memory()
     return reusable
-
-
-def _release_memory() -> None:
-    """Give back what the finished job held (model, optimizer state, cached CUDA blocks) before the next one."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()

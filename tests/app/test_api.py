@@ -85,7 +85,7 @@ def test_spec_config_is_accepted_verbatim(client: TestClient) -> None:
     job = response.json()
     assert job["status"] == "queued" and job["phase"] == "queued"
     # Every section as the spec wrote it, plus Forge's own additions (filled with their defaults) and sections.
-    added, forge_only = ("training", "dataset"), ("evaluation", "gates")
+    added, forge_only = ("training", "dataset", "save"), ("evaluation", "gates")
     assert {k: v for k, v in job["config"].items() if k not in added + forge_only} == {
         k: v for k, v in (SPEC_CONFIG | {"backend": "auto"}).items() if k not in added + forge_only
     }
@@ -256,7 +256,7 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 12
+    assert len(operations) == 13
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json")
@@ -281,6 +281,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}",
         "/api/training/jobs/{job_id}/cancel",
         "/api/training/jobs/{job_id}/resume",
+        "/api/training/jobs/{job_id}/exports",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",
         "/api/training/datasets",
@@ -293,7 +294,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "step",
         "total_steps",
     ]
-    for name in ("ModelSection", "LoraSection", "TrainingSection", "DatasetSection", "SaveSection"):
+    for name in ("ModelSection", "LoraSection", "TrainingSection", "DatasetSection", "SaveSection", "ExportRequest"):
         for field in spec["components"]["schemas"][name]["properties"].values():
             assert field.get("description"), f"{name} has an undocumented field"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.training_config import EMBEDDED_MODEL, TrainingConfig
+from app.training_config import EMBEDDED_MODEL, ExportRequest, TrainingConfig
 from tests.app.test_api import SPEC_CONFIG
 
 
@@ -29,6 +29,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "truncate_long_rows": True,
     }
     evaluation, gates = defaults.pop("evaluation"), defaults.pop("gates")
+    expected["save"] = SPEC_CONFIG["save"] | {"max_gguf_bytes": None}
     assert defaults == expected
     assert evaluation["baseline"] and evaluation["evaluate"] and evaluation["test_path"] == "data/splits/test.jsonl"
     assert evaluation["do_sample"] is False and evaluation["inference_prompts"] == ["What is 5 + 3?"]
@@ -52,6 +53,10 @@ def test_defaults_are_the_specs_standard_config() -> None:
         ({"training": {"output_dir": "/tmp/x"}}, ("training", "output_dir")),
         ({"save": {"gguf_path": "a/../../b"}}, ("save", "gguf_path")),
         ({"save": {"gguf_quantization": "Q2_K"}}, ("save", "gguf_quantization")),
+        ({"save": {"gguf_quantization": ["Q8_0", "q8_0"]}}, ("save", "gguf_quantization")),
+        ({"save": {"gguf_quantization": []}}, ("save", "gguf_quantization")),
+        ({"save": {"gguf_quantization": ["Q8_0", 4]}}, ("save", "gguf_quantization")),
+        ({"save": {"max_gguf_bytes": 0}}, ("save", "max_gguf_bytes")),
         ({"backend": "jax"}, ("backend",)),
         ({"dataset": {"chat_template": "vicuna"}}, ("dataset", "chat_template")),
         ({"dataset": {"format": "csv"}}, ("dataset", "format")),
@@ -76,3 +81,34 @@ def test_bad_values_are_named(patch: dict, where: tuple[str, ...]) -> None:
 def test_some_modules_must_train() -> None:
     with pytest.raises(ValidationError, match="at least one of"):
         TrainingConfig.model_validate({"lora": {"finetune_attention_modules": False, "finetune_mlp_modules": False}})
+
+
+def test_gguf_types_are_one_or_a_list_in_any_case() -> None:
+    """The spec writes "Q8_0", Unsloth's docs "q4_k_m": both mean the same file; the spec's spelling is kept."""
+    assert TrainingConfig().save.gguf_types == ["Q8_0"]
+    save = TrainingConfig.model_validate({"save": {"gguf_quantization": ["q4_k_m", "F16", "Q8_0"]}}).save
+    assert save.gguf_quantization == ["Q4_K_M", "f16", "Q8_0"] and save.gguf_types == ["Q4_K_M", "f16", "Q8_0"]
+    assert TrainingConfig.model_validate({"save": {"gguf_quantization": "bf16"}}).save.gguf_quantization == "bf16"
+    assert TrainingConfig.model_validate({"save": {"gguf_path": None}}).save.gguf_types == []
+
+
+def test_unknown_gguf_type_is_one_error_naming_the_choices() -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingConfig.model_validate({"save": {"gguf_quantization": ["Q8_0", "Q3_K_S"]}})
+    (error,) = info.value.errors()
+    assert "'Q3_K_S'" in error["msg"] and "Q8_0, f16, bf16, Q4_K_M, Q5_K_M" in error["msg"]
+
+
+def test_an_export_request_must_export_something() -> None:
+    assert ExportRequest().model_dump() == {
+        "merged_path": None,
+        "gguf_path": "models/quantized",
+        "gguf_quantization": "Q8_0",
+        "max_gguf_bytes": None,
+    }
+    assert ExportRequest.model_validate({"gguf_quantization": ["Q5_K_M"]}).gguf_quantization == ["Q5_K_M"]
+    with pytest.raises(ValidationError, match="nothing to export"):
+        ExportRequest.model_validate({"gguf_path": None})
+    with pytest.raises(ValidationError) as info:
+        ExportRequest.model_validate({"lora_path": "x"})  # the adapters are the source job's; not a choice here
+    assert [e["loc"] for e in info.value.errors()] == [("lora_path",)]

@@ -13,7 +13,7 @@ from alembic import command
 from app import jobs
 from app.core.config import Settings
 from app.core.db import Database, alembic_config, make_engine
-from app.models import JobStatus
+from app.models import JobKind, JobPhase, JobStatus
 from app.training_config import TrainingConfig
 
 
@@ -28,7 +28,7 @@ def test_database_is_wal_and_migrations_round_trip(settings: Settings) -> None:
     db = Database(settings)
     with db.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     db.dispose()
     cfg = alembic_config(settings.sqlalchemy_url)
     command.downgrade(cfg, "base")
@@ -53,10 +53,49 @@ def test_upgrading_an_existing_database_keeps_its_jobs(settings: Settings) -> No
     db = Database(settings)  # start-up migrates to head
     with db.session() as session:
         job = jobs.get(session, "old1")
-    assert (job.status, job.step, job.loss, job.resume_from, job.idempotency_key) == (
+    assert (job.status, job.step, job.loss, job.resume_from, job.idempotency_key, job.kind, job.source_job_id) == (
         JobStatus.succeeded,
         60,
         0.05,
         None,
         None,
+        JobKind.training,
+        None,
     )
+
+
+def test_upgrading_from_0002_keeps_jobs_as_training_jobs_and_export_jobs_round_trip(settings: Settings) -> None:
+    cfg = alembic_config(settings.sqlalchemy_url)
+    command.upgrade(cfg, "0002")
+    engine = make_engine(settings.sqlalchemy_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO job (id, status, phase, config, created_at, updated_at, cancel_requested, attempt, step,"
+                " epoch, idempotency_key) VALUES ('old2', 'running', 'saving', :config, '2026-01-02 03:04:05',"
+                " '2026-01-02 03:04:05', 0, 1, 60, 2.0, 'k1')"
+            ),
+            {"config": json.dumps(TrainingConfig().model_dump(mode="json"))},
+        )
+    engine.dispose()
+    db = Database(settings)
+    with db.session() as session:
+        job = jobs.get(session, "old2")
+        assert (job.kind, job.source_job_id, job.phase, job.phase_progress, job.idempotency_key) == (
+            JobKind.training,
+            None,
+            JobPhase.saving,
+            None,
+            "k1",
+        )
+        export, created = jobs.create(session, TrainingConfig(), kind=JobKind.export, source_job_id="old2")
+        assert created and export.kind == JobKind.export and export.source_job_id == "old2"
+        session.execute(text("UPDATE job SET phase = 'exporting', phase_progress = 0.5 WHERE id = 'old2'"))
+        session.commit()
+    db.dispose()
+    command.downgrade(cfg, "0002")  # export jobs go; the training job stays, back in a phase 0002 knows
+    engine = make_engine(settings.sqlalchemy_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, phase FROM job")).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [("old2", "saving")]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from app import jobs
 from app.core.config import Settings
 from app.core.db import Database
-from app.models import JobPhase, JobStatus, utcnow
+from app.models import JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import TrainingConfig
 
 
@@ -58,3 +58,25 @@ def test_expired_lease_fails_the_job_as_worker_lost(settings: Settings) -> None:
         lost = jobs.get(s, job.id)
         assert (lost.status, lost.error_code) == (JobStatus.failed, "worker_lost")
         assert not jobs.record_progress(s, job, step=1)  # the old worker's writes no longer land
+
+
+def test_an_export_job_whose_worker_was_lost_starts_over(settings: Settings) -> None:
+    """Export jobs have no checkpoints and need none: a lost one goes back to the queue, or is resumed by hand."""
+    db = Database(settings)
+    with db.session() as s:
+        export, _ = jobs.create(s, TrainingConfig(), kind=JobKind.export, source_job_id="src")
+        job = jobs.claim_next(s, "worker-a", 60)
+        assert job is not None and job.id == export.id
+        later = utcnow() + timedelta(seconds=61)
+        assert jobs.expire_lost(s, now=later, checkpoint_of=lambda _: None) == [(job.id, JobStatus.queued)]
+        again = jobs.claim_next(s, "worker-b", 60)
+        assert again is not None and (again.id, again.attempt, again.resume_from) == (job.id, 2, None)
+
+        stubborn = TrainingConfig.model_validate({"training": {"resume_on_worker_lost": False}})
+        export, _ = jobs.create(s, stubborn, kind=JobKind.export, source_job_id="src")
+        job = jobs.claim_next(s, "worker-a", 60)
+        assert job is not None and job.id == export.id
+        lost = jobs.expire_lost(s, now=later, checkpoint_of=lambda _: None)
+        assert (job.id, JobStatus.failed) in lost
+        resumed = jobs.resume(s, job.id, lambda _: None)
+        assert (resumed.status, resumed.resume_from, resumed.error_code) == (JobStatus.queued, None, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -116,3 +117,59 @@ def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: P
     print("UNSLOTH RESUMED", json.dumps({k: done[k] for k in ("status", "step", "attempt", "loss", "error")}))
     assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 60
     assert "baseline: kept from the first attempt" in (project / "runs" / job_id / "logs/training.log").read_text()
+
+
+def test_unsloth_job_exports_lora_merged_and_a_q8_0_gguf_llama_cpp_loads(
+    processes: Processes, project: Path, gemma3_270m_random: Path
+) -> None:
+    """Unsloth's save_pretrained_merged writes the merged folder; llama.cpp's converter (never Unsloth's
+    save_pretrained_gguf, which needs the network) turns it into Q8_0, which llama.cpp then loads and chats with."""
+    import llama_cpp
+
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=10)
+    config = {
+        "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
+        "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 10},
+        "save": {"gguf_quantization": "Q8_0"},
+        "backend": "unsloth",
+    }
+    job_id = client.post("/api/training", json=config).json()["id"]
+    wait_for(
+        lambda: client.get(f"/api/training/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled"),
+        540,
+        "the Unsloth export job",
+        interval=0.5,
+    )
+    job = client.get(f"/api/training/jobs/{job_id}").json()
+    print("UNSLOTH EXPORT JOB", json.dumps({k: job[k] for k in ("status", "backend", "step", "error")}))
+    print("UNSLOTH EXPORTS", json.dumps((job["result"] or {}).get("exports")))
+    print("UNSLOTH QUANTIZATION", json.dumps((job["result"] or {}).get("quantization")))
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    assert job["backend"] == "unsloth"
+    items = {a["name"]: a for a in client.get(f"/api/training/jobs/{job_id}/artifacts").json()["items"]}
+    for name, kind in (
+        ("models/checkpoints/lora/adapter_model.safetensors", "lora"),
+        ("models/checkpoints/merged/config.json", "merged"),
+        ("models/quantized/model-Q8_0.gguf", "gguf"),
+        ("metrics/quantization.json", "metrics"),
+    ):
+        assert items[name]["kind"] == kind, (name, items.get(name))
+        print("UNSLOTH ARTIFACT", kind, items[name]["bytes"], items[name]["sha256"][:16], name)
+    run = project / "runs" / job_id
+    report = json.loads((run / "metrics/quantization.json").read_text())
+    (verdict,) = report["files"]
+    assert verdict["loaded"] and verdict["chat_template"], verdict
+
+    llm = llama_cpp.Llama(model_path=str(run / "models/quantized/model-Q8_0.gguf"), n_ctx=512, verbose=False)
+    try:
+        out: Any = llm.create_chat_completion(
+            messages=[{"role": "user", "content": "What is 5 + 3?"}], max_tokens=16, temperature=0.0
+        )
+        print("UNSLOTH GGUF", llm.metadata.get("general.architecture"), llm.metadata.get("general.file_type"))
+        print("UNSLOTH GGUF ANSWER", json.dumps(out["choices"][0]["message"]["content"]), out["usage"])
+        assert out["usage"]["prompt_tokens"] == 17  # <bos> and the gemma-3 turns, as the merged model would see them
+    finally:
+        llm.close()
+    print("UNSLOTH EXPORT LOG TAIL", (run / "logs/training.log").read_text()[-2500:])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
@@ -16,6 +17,7 @@ from app.training_config import TrainingConfig
 from worker import chat_templates
 from worker.backends.common import compute_dtype, target_modules
 from worker.data import Prepared
+from worker.export import merge_lora
 
 log = logging.getLogger("forge.worker")
 
@@ -96,9 +98,4 @@ class TransformersBackend:
         tokenizer.save_pretrained(path)
 
     def save_merged(self, model: Any, tokenizer: Any, path: str, model_path: str, lora_path: str) -> None:
-        # Merge into a fresh 16-bit copy of the base: merging into 4-bit weights would round them.
-        dtype = torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        merged = PeftModel.from_pretrained(base, lora_path).merge_and_unload()
-        merged.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        merge_lora(model_path, Path(lora_path), Path(path), tokenizer)

@@ -16,8 +16,8 @@ from app.api.yaml_body import YAMLBodyRoute
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput
 from app.datasets import check as dataset_check
-from app.models import ACTIVE_STATUSES, ArtifactList, ErrorBody, JobPage, JobRead, JobStatus, TrainingStatus
-from app.training_config import EMBEDDED_MODEL, TrainingConfig
+from app.models import ACTIVE_STATUSES, ArtifactList, ErrorBody, Job, JobPage, JobRead, JobStatus, TrainingStatus
+from app.training_config import EMBEDDED_MODEL, ExportRequest, TrainingConfig
 
 
 def _errors(**codes: str) -> dict[int | str, dict[str, Any]]:
@@ -37,6 +37,14 @@ router = APIRouter(
     ),
 )
 NOT_FOUND = _errors(e404="No such job")
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255,
+        description="Retrying a POST with the same key returns the job the first one created "
+        "(the same key with a different request is a 409).",
+    ),
+]
 CONFLICT = _errors(e409="The job is not in a state that allows this")
 
 
@@ -140,14 +148,7 @@ def start(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            max_length=255,
-            description="Retrying a POST with the same key returns the job the first one created "
-            "(the same key with a different config is a 409).",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a job from a training config in the spec's shape (JSON, or YAML with `Content-Type: application/yaml`)."""
     check_files(settings, config)
@@ -205,6 +206,37 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     """Queue again a job whose worker was lost or crashed; it continues from its newest complete checkpoint."""
     job = jobs.resume(session, job_id, lambda job: checkpoints.for_job(settings.runs_dir, job))
     training_status.refresh_file(session, settings.status_file)
+    return JobRead.from_job(job)
+
+
+@router.post(
+    "/jobs/{job_id}/exports",
+    response_model=JobRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Export a finished job's adapters again, to other formats",
+    responses=NOT_FOUND | _errors(e409="The job has not succeeded, is an export job, or its adapters are gone"),
+)
+def export_job(
+    job_id: str,
+    request: ExportRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    """Queue an export job: the training job's LoRA adapters merged into the base model again and written as
+    GGUF files (and a merged model if asked), without retraining. It runs through the same worker queue, with
+    progress, cancel and artifacts like any job, and its GGUF files pass the `quantization-verified` gate."""
+
+    def has_adapters(source: Job) -> bool:
+        lora = artifacts.run_dir(settings.runs_dir, source.id) / source.config["save"]["lora_path"]
+        return (lora / "adapter_config.json").is_file()
+
+    job, created = jobs.create_export(session, job_id, request, has_adapters, idempotency_key=idempotency_key)
+    if created:
+        training_status.refresh_file(session, settings.status_file)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
     return JobRead.from_job(job)
 
 
