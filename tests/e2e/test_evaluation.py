@@ -76,7 +76,7 @@ def check_files_agree(run: Path, job: dict[str, Any], status: dict[str, Any], ex
 def test_job_scores_the_base_and_the_fine_tuned_model(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
-    client = httpx.Client(base_url=processes.api(), timeout=10)
+    client = httpx.Client(base_url=processes.api(), timeout=60)
     processes.worker()
     polls: list[dict[str, Any]] = []
     job = run_job(client, evaluated_config(tiny_model_dir), polls)
@@ -109,7 +109,7 @@ def test_baseline_is_the_untrained_model(processes: Processes, project: Path, ti
     from worker import evaluation as ev
     from worker.chat_templates import TEMPLATES
 
-    client = httpx.Client(base_url=processes.api(), timeout=10)
+    client = httpx.Client(base_url=processes.api(), timeout=60)
     processes.worker()
     # A learning rate of ~0 leaves the LoRA's B matrices at zero: training changes nothing.
     config = evaluated_config(tiny_model_dir, training={"max_steps": 2, "learning_rate": 1e-12, "warmup_steps": 0})
@@ -132,7 +132,7 @@ def test_baseline_is_the_untrained_model(processes: Processes, project: Path, ti
 def test_required_gate_fails_the_job_and_keeps_the_results(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
-    client = httpx.Client(base_url=processes.api(), timeout=10)
+    client = httpx.Client(base_url=processes.api(), timeout=60)
     processes.worker()
     # No model gains 10000% token F1 in 2 steps.
     config = evaluated_config(

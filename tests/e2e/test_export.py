@@ -50,7 +50,7 @@ def test_export_verify_reexport_and_cancel_with_no_network(
 ) -> None:
     base = processes.api()
     processes.worker(prefix=offline.prefix, **offline.env)
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = tiny_config(tiny_model_dir, max_steps=4)
     config["save"] = {"merged_path": "models/checkpoints/merged", "gguf_quantization": "q4_k_m"}
     job_id = client.post("/api/training", json=config).json()["id"]
@@ -142,7 +142,7 @@ def test_an_architecture_the_converter_lacks_fails_before_training(
     config.save_pretrained(folder)
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     request = tiny_config(folder) | {"save": {"gguf_quantization": "Q8_0"}}
     job, seen = watch(client, client.post("/api/training", json=request).json()["id"], 120)
     assert job["status"] == "failed" and job["error"]["code"] == "gguf_architecture_unsupported"

@@ -89,7 +89,7 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
     broken.mkdir(exist_ok=True)
     (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     base = processes.api()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     configs = [
         tiny_config(tiny_model_dir),
         tiny_config(broken),

@@ -48,7 +48,7 @@ def gemma3_270m_random(models_root: Path, tokenizer_dir: Path) -> Path:
 def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_270m_random: Path) -> None:
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = {
         "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
         "training": {
@@ -95,7 +95,7 @@ def test_unsloth_job_survives_a_worker_shutdown(processes: Processes, project: P
     import signal
 
     base = processes.api()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = {
         "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
         "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 60},
@@ -128,7 +128,7 @@ def test_unsloth_job_exports_lora_merged_and_a_q8_0_gguf_llama_cpp_loads(
 
     base = processes.api()
     processes.worker()
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = {
         "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
         "training": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_steps": 10},
