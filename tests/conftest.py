@@ -126,7 +126,7 @@ def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:
         },
         "save": {"merged_path": None, "gguf_path": None},
         # The baseline and evaluate steps stay on, with answers short enough to keep the suite fast.
-        "evaluation": {"max_new_tokens": 8},
+        "evaluation": {"max_new_tokens": 4, "max_examples": 4},
         "backend": "transformers",
     }
 
