@@ -67,7 +67,10 @@ def create_export(
     has_adapters: Callable[[Job], bool],
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue an export job for a succeeded training job: its adapters, merged and exported again, no training."""
+    """Queue an export job for a finished training job: its adapters, merged and exported again, no training.
+
+    A job that failed or was cancelled after saving its adapters (in the export, say) can be exported too.
+    """
     source = get(session, source_id)
     if source.kind != JobKind.training:
         raise Conflict(
@@ -75,15 +78,16 @@ def create_export(
             code="not_a_training_job",
             param="job_id",
         )
-    if source.status != JobStatus.succeeded:
+    if source.status not in TERMINAL_STATUSES:
         raise Conflict(
-            f"job {source_id} is {source.status.value}; only a succeeded training job has adapters to export",
-            code="job_not_succeeded",
+            f"job {source_id} is {source.status.value}; export its adapters once it has finished",
+            code="job_not_finished",
             param="job_id",
         )
     if not has_adapters(source):
         raise Conflict(
-            f"job {source_id} has no LoRA adapters left in its run folder (save.lora_path); train it again",
+            f"job {source_id} ({source.status.value}) has no LoRA adapters in its run folder (save.lora_path): "
+            "it stopped before saving them, or they were removed; train it again",
             code="no_adapters",
             param="job_id",
         )

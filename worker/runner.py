@@ -330,10 +330,12 @@ class JobRunner:
         if save.gguf_types and merged_dir is not None:
             self.phase(JobPhase.exporting)
             tracker = export.Tracker.planned(self.phase_progress, save.gguf_types, merging=False, scoring=examples)
-            exports["gguf"], stats["quantization"] = self.export_gguf(merged_dir, examples, tracker)
+            try:
+                exports["gguf"], stats["quantization"] = self.export_gguf(merged_dir, examples, tracker)
+            finally:
+                if not save.merged_path:
+                    export.remove_tree(merged_dir)
             quantization = _quantization_gate(stats["quantization"])
-            if not save.merged_path:
-                export.remove_tree(merged_dir)
 
         stats.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
         stats["log_history"] = progress.log_history

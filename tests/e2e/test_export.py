@@ -148,3 +148,61 @@ def test_an_architecture_the_converter_lacks_fails_before_training(
     assert job["status"] == "failed" and job["error"]["code"] == "gguf_architecture_unsupported"
     assert "OPTForCausalLM" in job["error"]["message"] and "save.gguf_path to null" in job["error"]["message"]
     assert "training" not in [s["phase"] for s in seen] and job["step"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
+    processes: Processes, project: Path, offline: NoNetwork
+) -> None:
+    """The issue's CI check: a short training run of the real Gemma 3 270M, exported to Q8_0 and Q4_K_M on a
+    worker with no network, both loaded by llama.cpp and held to the merged model on the test split."""
+    import llama_cpp
+
+    base = processes.api()
+    processes.worker(prefix=offline.prefix, **offline.env)
+    client = httpx.Client(base_url=base, timeout=10)
+    config = {
+        "model": {"name": "embedded:gemma-3-270m", "max_seq_length": 256},
+        "lora": {"use_gradient_checkpointing": False},
+        # One pass over the 48 training conversations at a high rate: enough for the model to answer in the data's
+        # style and end its turn (chrF ~90 on the test split), so the gate compares answers, not rambling.
+        "training": {
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 12,
+            "learning_rate": 1e-3,
+            "warmup_steps": 1,
+        },
+        "save": {"gguf_quantization": ["Q8_0", "Q4_K_M"]},
+    }
+    job, _ = watch(client, client.post("/api/training", json=config).json()["id"], 1500)
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    run = project / "runs" / job["id"]
+    report = json.loads((run / "metrics/quantization.json").read_text())
+    print("EMBEDDED GATE", json.dumps({k: v for k, v in report.items() if k != "files"}))
+    for item in report["files"]:
+        print("EMBEDDED GGUF", json.dumps({k: item[k] for k in ("quantization", "bytes", "score", "relative_drop")}))
+        print("EMBEDDED SAMPLE", json.dumps(item["sample"]))
+    verdicts = {item["quantization"]: item for item in report["files"]}
+    assert set(verdicts) == {"Q8_0", "Q4_K_M"} and report["examples"] == 8
+    assert report["reference"]["score"] > 50  # it learned the answers' style
+    # Q8_0 is all but lossless: it must pass; Q4_K_M's numbers are recorded, whatever the verdict.
+    assert verdicts["Q8_0"]["passed"] is True, verdicts["Q8_0"]
+    assert verdicts["Q4_K_M"]["loaded"] and verdicts["Q4_K_M"]["score"] is not None
+    assert verdicts["Q4_K_M"]["bytes"] < verdicts["Q8_0"]["bytes"]
+
+    # llama.cpp, here in the test, chats with each file through the gemma-3 template it carries.
+    prompt = report["reference"]["sample"]["prompt"]
+    for quantization, item in verdicts.items():
+        llm = llama_cpp.Llama(model_path=str(run / item["path"]), n_ctx=512, seed=0, verbose=False)
+        try:
+            assert llm.metadata["tokenizer.chat_template"].startswith("{{ bos_token }}")
+            out: Any = llm.create_chat_completion(messages=prompt, max_tokens=64, temperature=0.0, repeat_penalty=1.0)
+        finally:
+            llm.close()
+        answer = (out["choices"][0]["message"]["content"] or "").strip()
+        print("EMBEDDED ANSWER", quantization, json.dumps(answer))
+        assert answer and answer == item["sample"]["answer"]  # greedy: what the worker scored
+        assert item["sample"]["prompt"].startswith("<bos><start_of_turn>user\n")
+    assert offline.attempts() == "", offline.attempts()

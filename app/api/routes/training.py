@@ -214,7 +214,7 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     response_model=JobRead,
     status_code=status.HTTP_201_CREATED,
     summary="Export a finished job's adapters again, to other formats",
-    responses=NOT_FOUND | _errors(e409="The job has not succeeded, is an export job, or its adapters are gone"),
+    responses=NOT_FOUND | _errors(e409="The job has not finished, is an export job, or has no adapters"),
 )
 def export_job(
     job_id: str,
