@@ -87,11 +87,16 @@ class Worker:
         child.start()
         child_conn.close()
         outcome = self._supervise(job, child, parent_conn, stop_flag)
+        if outcome is not None:
+            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
+            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
+            self._finish(job, outcome, None)
         child.join(timeout=30)
         if child.is_alive():
             child.kill()
             child.join()
-        self._finish(job, outcome, child.exitcode)
+        if outcome is None:
+            self._finish(job, outcome, child.exitcode)
 
     def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> dict[str, Any] | None:
         pending: dict[str, Any] = {}
