@@ -108,11 +108,16 @@ class Worker:
             and not outcome.get("killed")
             and (outcome["type"] == "succeeded" or (outcome["type"] == "stopped" and outcome.get("reason") == "cancel"))
         )
+        if outcome is not None:
+            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
+            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
+            self._finish(job, outcome, None)
         if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
             self._retire_child()  # also collects the exit code of a child that died
         else:
             child.idle_since = time.monotonic()
-        self._finish(job, outcome, child.process.exitcode)
+        if outcome is None:
+            self._finish(job, outcome, child.process.exitcode)
 
     # -- the training process, kept warm between jobs ------------------------------------------------------
     def _child_for(self, backend: str) -> _Child:
