@@ -135,6 +135,7 @@ def main() -> None:
             "lora": {"r": 4, "lora_alpha": 8, "use_gradient_checkpointing": False},
             "training": {"per_device_train_batch_size": 2, "max_steps": 1_000_000, "logging_steps": 1},
             "save": {"merged_path": None, "gguf_path": None},
+            "evaluation": {"baseline": False, "evaluate": False},  # straight to training steps
             "backend": "transformers",
         }
         job = httpx.post(f"{base}/api/training", json=config, timeout=30).json()

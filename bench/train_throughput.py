@@ -207,6 +207,7 @@ def run_worker(a: argparse.Namespace) -> dict[str, Any]:
         },
         "dataset": {"path": "data/bench.jsonl"},
         "save": {"merged_path": None, "gguf_path": None},
+        "evaluation": {"baseline": False, "evaluate": False},  # submission to first step means training's
         "backend": a.worker_backend,
     }
     jobs = []
