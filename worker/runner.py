@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.models import GatesReport, JobPhase
+from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
 from worker import evaluation, gates
 from worker.data import DataError, read_sharegpt
@@ -201,9 +201,16 @@ class JobRunner:
         self.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
-    def run_gates(self, baseline: dict | None, evaluated: dict | None, log_history: list[dict]) -> GatesReport:
+    def run_gates(
+        self,
+        baseline: dict | None,
+        evaluated: dict | None,
+        log_history: list[dict],
+        quantization: GateResult | None = None,
+    ) -> GatesReport:
+        """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
         losses = [float(entry["loss"]) for entry in log_history if "loss" in entry]
-        result = gates.run_all(self.config.gates, baseline, evaluated, losses)
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
         evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
         for gate in result.gates:
             log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
@@ -308,7 +315,7 @@ class JobRunner:
         gate_report = self.run_gates(baseline, evaluated, log_history)
         stats.update(self.partial)
         evaluation.write_json(self.run_dir / "metrics" / "training-stats.json", stats)
-        failed = [g for g in gate_report.gates if g.status == "failed"]
+        failed = [g for g in gate_report.gates if g.status == GateStatus.failed]
         if failed and gate_report.required:
             self.publish(**{k: v for k, v in stats.items() if k != "log_history"})
             raise GateFailed(
