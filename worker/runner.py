@@ -220,6 +220,7 @@ class JobRunner:
         log_history: list[dict],
         quantization: GateResult | None = None,
     ) -> GatesReport:
+        """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
         losses = [float(entry["loss"]) for entry in log_history if "loss" in entry]
         result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
         evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
@@ -342,7 +343,7 @@ class JobRunner:
         gate_report = self.run_gates(baseline, evaluated, log_history, quantization)
         stats.update(self.partial)
         evaluation.write_json(self.run_dir / "metrics" / "training-stats.json", stats)
-        failed = [g for g in gate_report.gates if g.status == "failed"]
+        failed = [g for g in gate_report.gates if g.status == GateStatus.failed]
         if failed and gate_report.required:
             self.publish(**{k: v for k, v in stats.items() if k != "log_history"})
             raise GateFailed(
