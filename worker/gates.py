@@ -150,7 +150,7 @@ def quantization_verified(result: GateResult | None = None) -> GateResult:
     return _result(
         GateName.quantization_verified,
         GateStatus.not_run,
-        "no GGUF was exported and scored (GGUF export is not part of this version yet)",
+        "no GGUF was exported and scored (save.gguf_path is null)",
     )
 
 
