@@ -65,7 +65,8 @@ def test_killed_training_process_fails_the_job_not_the_worker(
     assert job["error"]["code"] == "worker_crashed" and "exit code -9" in job["error"]["message"]
     status = client.get("/api/training").json()
     assert status["running"] is False and status["error"] == job["error"]["message"]
-    assert json.loads((project / ".factory" / "training-status.json").read_text())["error_code"] == "worker_crashed"
+    status_file = project / ".factory" / "training-status.json"  # written just after the database
+    wait_for(lambda: json.loads(status_file.read_text())["error_code"] == "worker_crashed", 10, "the status file")
 
     # The worker survived and trains the next job.
     next_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]

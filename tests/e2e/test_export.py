@@ -132,18 +132,20 @@ def test_export_verify_reexport_and_cancel_with_no_network(
 
 
 def test_an_architecture_the_converter_lacks_fails_before_training(
-    processes: Processes, project: Path, models_root: Path
+    processes: Processes, project: Path, models_root: Path, tokenizer_dir: Path
 ) -> None:
-    from transformers import OPTConfig
+    from transformers import AutoTokenizer, OPTConfig
 
     folder = models_root / "tiny-opt"
     config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2)
     config.architectures = ["OPTForCausalLM"]
     config.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)  # the submission checks the data with it
     base = processes.api()
     processes.worker()
     client = httpx.Client(base_url=base, timeout=60)
-    request = tiny_config(folder) | {"save": {"gguf_quantization": "Q8_0"}}
+    # OPT names no chat template of ours: the job names one, so that the export check is what refuses it.
+    request = tiny_config(folder) | {"save": {"gguf_quantization": "Q8_0"}, "dataset": {"chat_template": "gemma-3"}}
     job, seen = watch(client, client.post("/api/training", json=request).json()["id"], 120)
     assert job["status"] == "failed" and job["error"]["code"] == "gguf_architecture_unsupported"
     assert "OPTForCausalLM" in job["error"]["message"] and "save.gguf_path to null" in job["error"]["message"]
@@ -161,7 +163,7 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
 
     base = processes.api()
     processes.worker(prefix=offline.prefix, **offline.env)
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=60)
     config = {
         "model": {"name": "embedded:gemma-3-270m", "max_seq_length": 256},
         "lora": {"use_gradient_checkpointing": False},
