@@ -40,7 +40,7 @@ from app.artifacts import PARTIAL  # files being written; renamed into place onl
 log = logging.getLogger("forge.worker.export")
 
 GATE = "quantization-verified"
-# The spec's limit: "<5% accuracy drop from merged". TODO(lead): read gates.quantization_max_drop (issue 4).
+# The spec's limit: "<5% accuracy drop from merged"; jobs use gates.quantization_max_drop, this is its default.
 QUANTIZATION_MAX_DROP = 0.05
 # The test split is scored greedily on at most this many examples, with answers of at most this many tokens.
 EVAL_MAX_EXAMPLES = 32
@@ -400,7 +400,8 @@ def merged_predictions(
 ) -> list[str]:
     """Greedy answers of the merged model (transformers) to the test prompts: the reference each GGUF is held to.
 
-    TODO(lead): when issue 4's evaluation scores the merged model on the same split, use its predictions here.
+    Answered again here rather than taken from the evaluate step: the same prompts, token budget and greedy
+    decoding as the GGUF checks, so the comparison is like for like.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

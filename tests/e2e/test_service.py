@@ -87,7 +87,8 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
     """Jobs after a clean one start warm (no imports, kernels compiled); a failure gets the next job a new process."""
     broken = models_root / "no-weights"
     broken.mkdir(exist_ok=True)
-    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # no weights: loading fails
+        (broken / name).write_text((tiny_model_dir / name).read_text())
     base = processes.api()
     client = httpx.Client(base_url=base, timeout=60)
     configs = [
