@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from app import jobs
+from app import files, jobs
 from app.core.db import Database
 from app.models import ACTIVE_STATUSES, Job, JobRead, TrainingStatus, evaluation_of
 
@@ -70,18 +68,7 @@ def of_job(job: Job | None) -> TrainingStatus:
 
 def write_file(path: Path, status: TrainingStatus) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(status.model_dump(mode="json"), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".training-status.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_text(path, json.dumps(status.model_dump(mode="json"), indent=2) + "\n")
 
 
 def refresh_file(session: Session, path: Path) -> TrainingStatus:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app import files
 from app.artifacts import PARTIAL  # files being written; renamed into place only once complete
 
 log = logging.getLogger("forge.worker.export")
@@ -574,14 +575,7 @@ def quantization_gate(
 
 def write_json(path: Path, data: Any) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    files.write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n", suffix=PARTIAL)
 
 
 def remove_tree(path: Path) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from app import files
 
 
 def write_loss_plot(log_history: list[dict[str, Any]], path: Path, title: str = "training loss") -> bool:
@@ -33,13 +33,6 @@ def write_loss_plot(log_history: list[dict[str, Any]], path: Path, title: str = 
         twin.plot(*zip(*rates, strict=True), color="tab:orange", alpha=0.6, label="learning rate")
         twin.set_ylabel("learning rate")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic(path) as handle:
+        figure.savefig(handle, format="png")
     return True

@@ -7,10 +7,7 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +15,7 @@ from typing import IO, Any
 from pydantic import BaseModel, Field
 
 from app.core.errors import InvalidInput
+from app.files import atomic
 
 UPLOADS = Path("data") / "uploads"
 SPLITS = Path("data") / "splits"
@@ -50,22 +48,6 @@ def upload_name(name: str) -> str:
             param="name",
         )
     return name
-
-
-@contextmanager
-def atomic(target: Path) -> Iterator[IO[bytes]]:
-    """A file that appears at `target` complete, or not at all."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def store(source: IO[bytes], target: Path) -> int:
