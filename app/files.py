@@ -30,3 +30,13 @@ def write_text(target: Path, text: str, suffix: str = ".tmp") -> None:
     """`text` as UTF-8 at `target`, atomically."""
     with atomic(target, suffix) as handle:
         handle.write(text.encode("utf-8"))
+
+
+def expand_home(value: str) -> Path:
+    """`~` and `~user` expanded where they name a home directory; otherwise the path as written (a `~nobody` that
+    names no user is then a plain relative name, found or refused like any other, never an error of ours)."""
+    path = Path(value)
+    try:
+        return path.expanduser()
+    except RuntimeError:  # no such user, or no HOME to expand `~` to
+        return path

@@ -10,12 +10,13 @@ from app.core.errors import InvalidInput
 from app.datasets import templates, tokenizers
 from app.datasets.templates import ChatTemplate
 from app.datasets.validation import Checked, Lengths, Report, Rules, check
+from app.files import expand_home
 from app.training_config import TrainingConfig
 
 
 def in_project(value: str, param: str, project: Path) -> Path:
     """`value` resolved against the project (symlinks followed); it must stay inside."""
-    resolved = (project / Path(value).expanduser()).resolve()
+    resolved = (project / expand_home(value)).resolve()
     if not resolved.is_relative_to(project):
         raise InvalidInput(
             f"{param} {value!r} resolves to {resolved}, outside the project directory {project}; use a path inside it",

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from app import files
 from app.training_config import EMBEDDED_MODEL
 
 # Fast tokenizers are not safe to call from several threads at once (their truncation state is shared).
@@ -31,7 +32,7 @@ def model_folder(name: str, project: Path, model_dirs: list[Path]) -> Path | Non
     if name.startswith("embedded:") or "\x00" in name:
         return None
     roots = [project.resolve(), *(d.expanduser().resolve() for d in model_dirs)]
-    path = Path(name).expanduser()
+    path = files.expand_home(name)
     candidates = [path] if path.is_absolute() else [root / path for root in roots]
     for candidate in candidates:
         resolved = candidate.resolve()

@@ -111,3 +111,24 @@ def test_a_finished_job_cannot_be_resumed(client: TestClient) -> None:
     client.post(f"/api/training/jobs/{job_id}/cancel")
     response = client.post(f"/api/training/jobs/{job_id}/resume")
     assert response.status_code == 409 and "cancelled" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"model": {"name": "~nosuchuser0/gemma"}}, "model.name"),
+        ({"dataset": {"path": "~nosuchuser0/train.jsonl"}}, "dataset.path"),
+    ],
+)
+def test_a_home_of_no_user_is_a_path_not_found(client: TestClient, patch: dict, param: str) -> None:
+    """`~name` for a user that does not exist cannot be expanded: the path is refused like any missing one (the
+    fuzz found it answered 500)."""
+    response = client.post("/api/training", json=SPEC_CONFIG | patch)
+    assert response.status_code == 422, response.text
+    assert response.json()["param"] == param and "~nosuchuser0" in response.json()["message"]
+    upload = client.post(
+        "/api/training/datasets",
+        files={"file": ("rows.jsonl", b"{}\n")},
+        data={"model": "~nosuchuser0", "chat_template": "gemma-3"},
+    )
+    assert upload.status_code < 500, upload.text

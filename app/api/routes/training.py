@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, checkpoints, jobs
+from app import artifacts, checkpoints, files, jobs
 from app import status as training_status
 from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, require_token
 from app.api.yaml_body import YAMLBodyRoute
@@ -50,7 +50,7 @@ CONFLICT = _errors(e409="The job is not in a state that allows this")
 
 def _confined(value: str, param: str, roots: list[Path], what: str) -> Path:
     """`value` resolved (symlinks followed) relative to the first root; it must land inside one of the roots."""
-    path = Path(value).expanduser()
+    path = files.expand_home(value)
     resolved = (path if path.is_absolute() else roots[0] / path).resolve()
     if not any(resolved.is_relative_to(root) for root in roots):
         raise InvalidInput(
