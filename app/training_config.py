@@ -16,7 +16,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -84,9 +86,55 @@ class LoraSection(_Section):
     finetune_mlp_modules: bool = Field(default=True, description="MLP projections.")
 
 
+AUTO: Final = "auto"
+# The examples per optimizer step `auto` keeps when effective_batch_size is not given: the spec's 2 x 4.
+DEFAULT_EFFECTIVE_BATCH = 8
+MAX_BATCH_COUNT = 4096
+
+
+def _count_or_auto(value: object) -> int | str:
+    """One check, so a bad value is one error naming both choices (not one per member of a union)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_COUNT:
+        raise ValueError(f'must be a whole number from 1 to {MAX_BATCH_COUNT}, or "auto"')
+    return value
+
+
+CountOrAuto = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_count_or_auto),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_BATCH_COUNT}, {"const": AUTO}]}),
+]
+
+
 class TrainingSection(_Section):
-    per_device_train_batch_size: int = Field(default=2, ge=1, le=4096, description="Examples per device step.")
-    gradient_accumulation_steps: int = Field(default=4, ge=1, le=4096, description="Steps per optimizer step.")
+    per_device_train_batch_size: CountOrAuto = Field(
+        default=2,
+        description='Examples per device step. "auto": the largest batch (doubling from 1 up to '
+        "effective_batch_size) whose training step, measured on the job's longest row before training, peaks "
+        "within auto_batch_memory_fraction of the memory the job can have (GPU memory; RAM on a CPU); "
+        "gradient_accumulation_steps then follows. The pick is reported in the job's result.batch_size.",
+    )
+    gradient_accumulation_steps: CountOrAuto = Field(
+        default=4,
+        description='Steps per optimizer step. "auto" (implied by an auto batch): effective_batch_size divided by '
+        "the per-device batch, rounded up.",
+    )
+    effective_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description=f"Examples per optimizer step that the auto settings keep; null: {DEFAULT_EFFECTIVE_BATCH} "
+        "(the spec's 2 x 4). Only with an auto batch or accumulation.",
+    )
+    auto_batch_memory_fraction: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="With an auto batch: the share of the device memory the measured step may peak at; the rest is "
+        "left for the optimizer state, evaluation and other processes.",
+    )
     warmup_steps: int = Field(default=5, ge=0, description="Linear warm-up, in optimizer steps.")
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many optimizer steps; null trains num_train_epochs."
@@ -123,6 +171,45 @@ class TrainingSection(_Section):
     @classmethod
     def _output_dir_inside(cls, value: str) -> str:
         return _relative_inside_run(value)
+
+    @model_validator(mode="after")
+    def _batch_settings_agree(self) -> TrainingSection:
+        if self.per_device_train_batch_size == AUTO:
+            if "gradient_accumulation_steps" not in self.model_fields_set:
+                self.gradient_accumulation_steps = AUTO
+            elif self.gradient_accumulation_steps != AUTO:
+                raise ValueError(
+                    "with per_device_train_batch_size 'auto' the accumulation follows from the batch picked: set "
+                    "gradient_accumulation_steps to 'auto' (or leave it out) and effective_batch_size to the "
+                    "examples per optimizer step"
+                )
+        elif self.gradient_accumulation_steps != AUTO and self.effective_batch_size is not None:
+            raise ValueError(
+                "effective_batch_size is used only with an 'auto' per_device_train_batch_size or "
+                "gradient_accumulation_steps; with fixed numbers the effective batch is their product"
+            )
+        return self
+
+    @property
+    def auto_batch(self) -> bool:
+        """The per-device batch is measured by the worker before training."""
+        return self.per_device_train_batch_size == AUTO
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step."""
+        if self.effective_batch_size is not None:
+            return self.effective_batch_size
+        if isinstance(self.per_device_train_batch_size, int) and isinstance(self.gradient_accumulation_steps, int):
+            return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return DEFAULT_EFFECTIVE_BATCH
+
+    def accumulation_for(self, batch: int) -> int:
+        """The gradient accumulation that goes with a per-device batch: the configured one, or the effective
+        batch divided by it, rounded up."""
+        if isinstance(self.gradient_accumulation_steps, int):
+            return self.gradient_accumulation_steps
+        return -(-self.effective_batch // batch)
 
 
 class DatasetSection(_Section):

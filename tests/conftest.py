@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -20,6 +21,21 @@ from app.core.config import Settings
 from app.demo_data import write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu_ready() -> bool:
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+# The marks of a GPU test module: run with `pytest -m gpu` on a machine with CUDA and the `gpu` extra.
+GPU_ONLY = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA and the `gpu` extra (Unsloth)"),
+]
 
 
 def cache_dir() -> Path:

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import files
 from app.models import GateName, GateResult, GatesReport, GateStatus, JobKind, JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import chat_templates, evaluation, export, gates
+from worker import batch_size, chat_templates, evaluation, export, gates
+from worker.batch_size import BatchPlan
 from worker.chat_templates import ChatTemplate
 from worker.data import DataError, prepare
 from worker.evaluation import TestExample
@@ -62,6 +64,7 @@ class GateFailed(RuntimeError):
 METRICS_FILES = {"baseline": "metrics/baseline.json", "evaluate": "metrics/evaluation.json"}
 SAMPLES_FILE = "metrics/samples.jsonl"
 GATES_FILE = "metrics/gates.json"
+BATCH_FILE = "metrics/batch-size.json"
 LOSS_PLOT = "metrics/loss.png"
 
 
@@ -119,7 +122,7 @@ class JobRunner:
             from worker import embedded
 
             return str(embedded.model_dir(Path(self.spec.cache_dir)))
-        path = Path(name).expanduser()
+        path = files.expand_home(name)
         local = path if path.is_absolute() else self.project_dir / path
         if (local / "config.json").is_file():
             return str(local)
@@ -189,6 +192,20 @@ class JobRunner:
             evaluation.write_samples(self.run_dir / SAMPLES_FILE, "inference", rows)
         log.info("%s: %s", stage, json.dumps(report["metrics"]))
         return report
+
+    def batch_plan(self, model: Any, rows: list[Any]) -> BatchPlan:
+        """The configured batch, or with `auto` the largest whose training step fits, measured now (a resumed job
+        keeps its first attempt's, so its checkpoint goes on with the same steps)."""
+        done = self.run_dir / BATCH_FILE
+        if self.spec.resume_from and done.is_file():
+            plan = BatchPlan.from_dict(json.loads(done.read_text()))
+            log.info("batch size: kept from the first attempt")
+        else:
+            plan = batch_size.plan(self.config, model, rows, self.phase_progress)
+            if plan.auto:
+                evaluation.write_json(done, plan.as_dict())
+        self.publish(batch_size=plan.as_dict())
+        return plan
 
     def baseline(self, backend: Any, model: Any, tokenizer: Any, examples: list[TestExample]) -> dict | None:
         """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
@@ -267,13 +284,14 @@ class JobRunner:
         data = prepare(tokenizer, self.template, self.config, self.project_dir)
         dataset, eval_dataset = backend.prepare_data(data)
         log.info("data: %s", json.dumps(data.stats))
+        batch = self.batch_plan(model, data.train)
         test_set = self.load_test_set()
 
         baseline = self.baseline(backend, model, tokenizer, test_set)
 
         self.phase(JobPhase.training)
         progress = ProgressCallback(self.report, self.stop_mode)
-        args = sft_config(self.config, self.run_dir, evaluate=eval_dataset is not None)
+        args = sft_config(self.config, self.run_dir, batch, evaluate=eval_dataset is not None)
         trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress], eval_dataset)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
         resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None

@@ -11,6 +11,7 @@ from trl import SFTConfig
 
 from app.training_config import TrainingConfig
 from worker.backends.common import compute_dtype
+from worker.batch_size import BatchPlan
 
 log = logging.getLogger("forge.worker")
 
@@ -23,18 +24,19 @@ def optimizer(name: str) -> str:
     return name
 
 
-def sft_config(config: TrainingConfig, run_dir: Path, evaluate: bool = False) -> SFTConfig:
-    """`evaluate`: there is a validation set; its loss is computed every eval_steps, or at each epoch's end."""
+def sft_config(config: TrainingConfig, run_dir: Path, batch: BatchPlan, evaluate: bool = False) -> SFTConfig:
+    """`batch`: the batch and accumulation to train with (worker.batch_size); `evaluate`: there is a validation
+    set, whose loss is computed every eval_steps, or at each epoch's end."""
     t = config.training
     dtype = compute_dtype(config)
     cuda = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(run_dir / t.output_dir),
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=batch.per_device_train_batch_size,
+        per_device_eval_batch_size=batch.per_device_train_batch_size,
         eval_strategy=("steps" if t.eval_steps else "epoch") if evaluate else "no",
         eval_steps=t.eval_steps,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=batch.gradient_accumulation_steps,
         warmup_steps=t.warmup_steps,
         max_steps=t.max_steps if t.max_steps is not None else -1,
         num_train_epochs=t.num_train_epochs,

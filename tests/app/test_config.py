@@ -18,6 +18,8 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "save_total_limit": 2,
         "resume_on_worker_lost": True,
         "eval_steps": None,
+        "effective_batch_size": None,
+        "auto_batch_memory_fraction": 0.9,
     }
     # The template is inferred from the model (gemma-3 for the spec's gemma-3-4b-it and the embedded model).
     expected["dataset"] = SPEC_CONFIG["dataset"] | {
@@ -63,6 +65,13 @@ def test_defaults_are_the_specs_standard_config() -> None:
         ({"dataset": {"invalid_rows": "ignore"}}, ("dataset", "invalid_rows")),
         ({"dataset": {"max_dropped_fraction": 1.5}}, ("dataset", "max_dropped_fraction")),
         ({"training": {"eval_steps": 0}}, ("training", "eval_steps")),
+        ({"training": {"per_device_train_batch_size": "max"}}, ("training", "per_device_train_batch_size")),
+        ({"training": {"per_device_train_batch_size": True}}, ("training", "per_device_train_batch_size")),
+        ({"training": {"gradient_accumulation_steps": 0}}, ("training", "gradient_accumulation_steps")),
+        ({"training": {"auto_batch_memory_fraction": 0}}, ("training", "auto_batch_memory_fraction")),
+        # Either the batch is measured and the accumulation follows, or both are given: not half of each.
+        ({"training": {"per_device_train_batch_size": "auto", "gradient_accumulation_steps": 2}}, ("training",)),
+        ({"training": {"effective_batch_size": 16}}, ("training",)),
         ({"unknown": 1}, ("unknown",)),
         ({"gates": {"metric": "bleu"}}, ("gates", "metric")),
         ({"gates": {"improvement": "percent"}}, ("gates", "improvement")),
@@ -112,3 +121,22 @@ def test_an_export_request_must_export_something() -> None:
     with pytest.raises(ValidationError) as info:
         ExportRequest.model_validate({"lora_path": "x"})  # the adapters are the source job's; not a choice here
     assert [e["loc"] for e in info.value.errors()] == [("lora_path",)]
+
+
+def test_auto_batch_keeps_an_effective_batch() -> None:
+    auto = TrainingConfig.model_validate({"training": {"per_device_train_batch_size": "auto"}}).training
+    assert auto.auto_batch and auto.gradient_accumulation_steps == "auto" and auto.effective_batch == 8
+    assert [auto.accumulation_for(b) for b in (1, 2, 8, 16)] == [8, 4, 1, 1]
+    # A fixed batch with the accumulation worked out: 3 x 4 = 12 >= 10 examples per step.
+    fixed = TrainingConfig.model_validate(
+        {
+            "training": {
+                "per_device_train_batch_size": 3,
+                "gradient_accumulation_steps": "auto",
+                "effective_batch_size": 10,
+            }
+        }
+    ).training
+    assert not fixed.auto_batch and fixed.accumulation_for(3) == 4
+    spec = TrainingConfig().training
+    assert not spec.auto_batch and spec.effective_batch == 8 and spec.accumulation_for(2) == 4

@@ -82,7 +82,10 @@ def test_killed_worker_job_resumes_from_its_last_checkpoint(
     lease = {"FORGE_LEASE_SECONDS": "3"}
     base = processes.api(**lease)
     client = httpx.Client(base_url=base, timeout=60)
-    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=24, save_steps=3)).json()["id"]
+    config = tiny_config(tiny_model_dir, max_steps=24, save_steps=3)
+    del config["training"]["gradient_accumulation_steps"]  # measured batch, accumulation to match 2 per step
+    config["training"] |= {"per_device_train_batch_size": "auto", "effective_batch_size": 2}
+    job_id = client.post("/api/training", json=config).json()["id"]
     first = processes.worker(**lease)
     wait_for(lambda: _job(client, job_id)["step"] >= 8, 180, "steps past two checkpoints")
     os.killpg(first.pid, signal.SIGKILL)
@@ -100,6 +103,11 @@ def test_killed_worker_job_resumes_from_its_last_checkpoint(
     done = _job(client, job_id)
     assert done["attempt"] == 2 and done["step"] == 24 and done["error"] is None
     assert min(_losses(project, job_id)) == checkpoint_step + 1  # the log of this attempt starts after it
+    # The checkpoint goes on with the batch the first attempt measured, not a new measurement.
+    run = project / "runs" / job_id
+    assert done["result"]["batch_size"] == json.loads((run / "metrics/batch-size.json").read_text())
+    assert done["result"]["batch_size"]["per_device_train_batch_size"] == 2
+    assert "batch size: kept from the first attempt" in (run / "logs/training.log").read_text()
 
 
 def test_api_restart_loses_nothing(processes: Processes, project: Path, tiny_model_dir: Path) -> None:

@@ -117,3 +117,42 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
     for job in (first, warm):  # each job's log holds its own run only
         log_text = (processes.project / "runs" / job["id"] / "logs" / "training.log").read_text()
         assert log_text.count("phase: loading_model") == 1
+
+
+def test_an_auto_batch_is_measured_reported_and_trained_with(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    """`per_device_train_batch_size: auto` over HTTP: the worker measures, reports its pick, and the trainer uses it."""
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=60)
+    config = tiny_config(tiny_model_dir, max_steps=3, save_steps=3)
+    config["training"] |= {"per_device_train_batch_size": "auto", "effective_batch_size": 4}
+    del config["training"]["gradient_accumulation_steps"]
+    created = client.post("/api/training", json=config)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert created.json()["config"]["training"]["gradient_accumulation_steps"] == "auto"
+    job = wait_for(
+        lambda: (j := client.get(f"/api/training/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and j,
+        240,
+        "the auto-batch job",
+    )
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    picked = job["result"]["batch_size"]
+    assert picked["auto"] is True and picked["device"] == "cpu" and picked["limit_gib"] > 0
+    assert [t["batch"] for t in picked["trials"]] == [1, 2, 4] and all(t["fits"] for t in picked["trials"])
+    assert (picked["per_device_train_batch_size"], picked["gradient_accumulation_steps"]) == (4, 1)
+    run = project / "runs" / job_id
+    assert json.loads((run / "metrics/batch-size.json").read_text()) == picked
+    assert json.loads((run / "metrics/training-stats.json").read_text())["batch_size"] == picked
+    # What the trainer really ran with, from its own checkpoint.
+    state = json.loads((run / "outputs/checkpoint-3/trainer_state.json").read_text())
+    assert state["train_batch_size"] == 4
+    assert "per_device_train_batch_size auto: 4 (x 1 accumulation = 4" in (run / "logs/training.log").read_text()
+
+    refused = client.post(
+        "/api/training",
+        json={**config, "training": {"per_device_train_batch_size": "auto", "gradient_accumulation_steps": 2}},
+    )
+    assert refused.status_code == 422 and "gradient_accumulation_steps to 'auto'" in refused.text

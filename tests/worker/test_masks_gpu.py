@@ -11,7 +11,6 @@ rows with its own prepare_data; the Unsloth labels come from train_on_responses_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,9 @@ import pytest
 from app.datasets.templates import TEMPLATES
 from app.demo_data import generate
 from app.training_config import TrainingConfig
-from tests.conftest import stand_in_tokenizer
+from tests.conftest import GPU_ONLY, stand_in_tokenizer
 
-
-def _gpu_ready() -> bool:
-    if importlib.util.find_spec("unsloth") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA and the `gpu` extra (Unsloth)"),
-]
+pytestmark = GPU_ONLY
 
 
 def conversations(n: int = 50) -> list[dict[str, Any]]:

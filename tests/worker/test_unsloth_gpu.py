@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -10,23 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Processes, wait_for
+from tests.conftest import GPU_ONLY, Processes, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def _gpu_ready() -> bool:
-    if importlib.util.find_spec("unsloth") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA and the `gpu` extra (Unsloth)"),
-]
+pytestmark = GPU_ONLY
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +31,18 @@ def gemma3_270m_random(models_root: Path, tokenizer_dir: Path) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
+
+
+def finished_job(client: httpx.Client, config: dict[str, Any], what: str) -> dict[str, Any]:
+    """Submit a job and wait (Unsloth compiles for minutes on a cold machine) until it ends."""
+    job_id = client.post("/api/training", json=config).json()["id"]
+
+    def ended() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/api/training/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    job: dict[str, Any] = wait_for(ended, 540, what, interval=0.5)
+    return job
 
 
 def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_270m_random: Path) -> None:
@@ -135,14 +135,8 @@ def test_unsloth_job_exports_lora_merged_and_a_q8_0_gguf_llama_cpp_loads(
         "save": {"gguf_quantization": "Q8_0"},
         "backend": "unsloth",
     }
-    job_id = client.post("/api/training", json=config).json()["id"]
-    wait_for(
-        lambda: client.get(f"/api/training/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled"),
-        540,
-        "the Unsloth export job",
-        interval=0.5,
-    )
-    job = client.get(f"/api/training/jobs/{job_id}").json()
+    job = finished_job(client, config, "the Unsloth export job")
+    job_id = job["id"]
     print("UNSLOTH EXPORT JOB", json.dumps({k: job[k] for k in ("status", "backend", "step", "error")}))
     print("UNSLOTH EXPORTS", json.dumps((job["result"] or {}).get("exports")))
     print("UNSLOTH QUANTIZATION", json.dumps((job["result"] or {}).get("quantization")))
@@ -173,3 +167,35 @@ def test_unsloth_job_exports_lora_merged_and_a_q8_0_gguf_llama_cpp_loads(
     finally:
         llm.close()
     print("UNSLOTH EXPORT LOG TAIL", (run / "logs/training.log").read_text()[-2500:])
+
+
+def test_unsloth_job_measures_an_auto_batch_and_trains_with_it(
+    processes: Processes, project: Path, gemma3_270m_random: Path
+) -> None:
+    """`per_device_train_batch_size: auto` on the GPU: Unsloth's 4-bit model, its own forward and backward, peak
+    memory from CUDA's allocator; the trainer then runs with the batch picked."""
+    base = processes.api()
+    processes.worker()
+    client = httpx.Client(base_url=base, timeout=60)
+    config = {
+        "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
+        "training": {
+            "per_device_train_batch_size": "auto",
+            "effective_batch_size": 16,
+            "max_steps": 3,
+            "save_steps": 3,
+        },
+        "save": {"gguf_path": None, "merged_path": None},
+        "evaluation": {"baseline": False, "evaluate": False},
+        "backend": "unsloth",
+    }
+    job = finished_job(client, config, "the Unsloth auto-batch job")
+    picked = (job["result"] or {}).get("batch_size")
+    print("UNSLOTH AUTO BATCH", json.dumps({"status": job["status"], "error": job["error"], "batch_size": picked}))
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    # 16 rows of ~80 tokens on a 270M model fit any GPU Unsloth runs on many times over.
+    assert picked["auto"] and picked["device"] == "cuda" and [t["batch"] for t in picked["trials"]] == [1, 2, 4, 8, 16]
+    assert all(t["fits"] and 0 < t["peak_gib"] < picked["limit_gib"] for t in picked["trials"])
+    assert (picked["per_device_train_batch_size"], picked["gradient_accumulation_steps"]) == (16, 1)
+    state = json.loads((project / "runs" / job["id"] / "outputs/checkpoint-3/trainer_state.json").read_text())
+    assert state["train_batch_size"] == 16
