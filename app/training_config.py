@@ -191,11 +191,6 @@ class TrainingSection(_Section):
         return self
 
     @property
-    def auto_batch(self) -> bool:
-        """The per-device batch is measured by the worker before training."""
-        return self.per_device_train_batch_size == AUTO
-
-    @property
     def effective_batch(self) -> int:
         """Examples per optimizer step."""
         if self.effective_batch_size is not None:

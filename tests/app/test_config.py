@@ -125,7 +125,7 @@ def test_an_export_request_must_export_something() -> None:
 
 def test_auto_batch_keeps_an_effective_batch() -> None:
     auto = TrainingConfig.model_validate({"training": {"per_device_train_batch_size": "auto"}}).training
-    assert auto.auto_batch and auto.gradient_accumulation_steps == "auto" and auto.effective_batch == 8
+    assert auto.per_device_train_batch_size == auto.gradient_accumulation_steps == "auto" and auto.effective_batch == 8
     assert [auto.accumulation_for(b) for b in (1, 2, 8, 16)] == [8, 4, 1, 1]
     # A fixed batch with the accumulation worked out: 3 x 4 = 12 >= 10 examples per step.
     fixed = TrainingConfig.model_validate(
@@ -137,6 +137,6 @@ def test_auto_batch_keeps_an_effective_batch() -> None:
             }
         }
     ).training
-    assert not fixed.auto_batch and fixed.accumulation_for(3) == 4
+    assert fixed.accumulation_for(3) == 4
     spec = TrainingConfig().training
-    assert not spec.auto_batch and spec.effective_batch == 8 and spec.accumulation_for(2) == 4
+    assert spec.effective_batch == 8 and spec.accumulation_for(2) == 4
