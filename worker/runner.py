@@ -535,7 +535,8 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return "out_of_memory", (
             f"the GPU ran out of memory ({exc}). Reduce training.per_device_train_batch_size and raise "
-            "training.gradient_accumulation_steps, or lower model.max_seq_length"
+            'training.gradient_accumulation_steps (or set the batch to "auto" to have it measured), or lower '
+            "model.max_seq_length"
         )
     return "training_failed", f"{name}: {exc}"
 
