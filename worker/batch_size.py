@@ -25,7 +25,7 @@ import torch
 
 from app.datasets.encoding import Encoded
 from app.training_config import TrainingConfig
-from worker.backends.common import compute_dtype
+from worker.devices import compute_dtype
 
 log = logging.getLogger("forge.worker")
 
@@ -151,7 +151,7 @@ def _train_pass(model: Any, config: TrainingConfig, input_ids: list[int], batch:
     """One forward and backward pass as a training step makes it, on `batch` copies of a row."""
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids] * batch, dtype=torch.long, device=device)
-    dtype = compute_dtype(config)
+    dtype = compute_dtype(config.model.dtype)
     autocast = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
     with torch.autocast(device.type, dtype=dtype, enabled=autocast):
         loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from app import files
 from app.datasets.encoding import IGNORE, Markers, encode
 from app.datasets.formats import RowProblem, check_order, convert, detect
 from app.datasets.templates import ChatTemplate
-from app.training_config import PERPLEXITY, TEST_LOSS, EvaluationSection
+from app.training_config import PERPLEXITY, TEST_LOSS, EvaluationSection, TrainingConfig
 from worker.data import DataError
 from worker.metrics import expected_terms, score_answers
 
@@ -75,13 +76,22 @@ def read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], 
     return rows
 
 
-def load_test_set(path: Path, settings: EvaluationSection, glossary: Sequence[str] = ()) -> list[TestExample]:
-    """The test split's examples: prompt, reference answer (the last assistant turn) and expected local terms."""
+def read_test_split(path: Path, terms_field: str, glossary: Sequence[str] = ()) -> list[TestExample]:
+    """Every example of the test split: prompt, reference answer (the last assistant turn) and expected local terms."""
     examples = []
-    for turns, own_terms in read_rows(path, settings.terms_field):
+    for turns, own_terms in read_rows(path, terms_field):
         last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
         reference = turns[last]["content"]
         examples.append(TestExample(turns[:last], reference, expected_terms(reference, glossary, own_terms)))
+    return examples
+
+
+def load_test_set(path: Path, settings: EvaluationSection, glossary: Sequence[str] = ()) -> list[TestExample]:
+    """The examples the baseline and evaluate steps score: the first evaluation.max_examples of the test split."""
+    return scored_examples(read_test_split(path, settings.terms_field, glossary), settings)
+
+
+def scored_examples(examples: list[TestExample], settings: EvaluationSection) -> list[TestExample]:
     return examples[: settings.max_examples] if settings.max_examples else examples
 
 
@@ -120,28 +130,38 @@ def _text_tokenizer(tokenizer: Any) -> Any:
     return getattr(tokenizer, "tokenizer", tokenizer)
 
 
-def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop_word: str, seed: int) -> Generate:
-    """Batched generation with the model's own chat template; greedy unless settings.do_sample."""
+def stop_ids(tokenizer: Any, stop_word: str) -> list[int]:
+    """The ids that end an answer: the EOS, and the template's end of turn (<end_of_turn>, <|eot_id|>, <|im_end|>)."""
+    text = _text_tokenizer(tokenizer)
+    stops = [text.eos_token_id]
+    end_of_turn = text.convert_tokens_to_ids(stop_word)
+    if isinstance(end_of_turn, int) and end_of_turn != text.unk_token_id and end_of_turn not in stops:
+        stops.append(end_of_turn)
+    return [i for i in stops if i is not None]
+
+
+def generator(
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    sampling: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Generate:
+    """Batched generation with the tokenizer's chat template: greedy, or sampled with `sampling` (temperature,
+    top_p, top_k; reseeded with `seed` before each batch). The one generation loop of the worker: the
+    evaluation steps and the export's merged-model reference answers both use it."""
     import torch
     from transformers import GenerationConfig
 
     text = _text_tokenizer(tokenizer)
-    stops = [text.eos_token_id]
-    # The template's end of an answer (<end_of_turn>, <|eot_id|>, <|im_end|>) ends generation as the EOS does.
-    end_of_turn = text.convert_tokens_to_ids(stop_word)
-    if isinstance(end_of_turn, int) and end_of_turn != text.unk_token_id:
-        stops.append(end_of_turn)
-    sampling = (
-        {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
-        if settings.do_sample
-        else {}
-    )
     config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        eos_token_id=stops,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling is not None,
+        eos_token_id=list(stop_ids),
         pad_token_id=text.pad_token_id if text.pad_token_id is not None else text.eos_token_id,
-        **sampling,
+        **(sampling or {}),
     )
     device = next(model.parameters()).device
 
@@ -152,7 +172,7 @@ def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop
             encoded = text(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         finally:
             text.padding_side = side
-        if settings.do_sample:
+        if sampling is not None:
             torch.manual_seed(seed)
         with torch.inference_mode():
             output = model.generate(**encoded, generation_config=config)
@@ -160,6 +180,19 @@ def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop
         return [text.decode(row, skip_special_tokens=True).strip() for row in new]
 
     return generate
+
+
+def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop_word: str, seed: int) -> Generate:
+    """The evaluation steps' generation: settings.max_new_tokens, greedy unless settings.do_sample."""
+    sampling = (
+        {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+        if settings.do_sample
+        else None
+    )
+    stops = stop_ids(tokenizer, stop_word)
+    return generator(
+        model, tokenizer, max_new_tokens=settings.max_new_tokens, stop_ids=stops, sampling=sampling, seed=seed
+    )
 
 
 def answer_loss(
@@ -202,6 +235,54 @@ def answer_loss(
         PERPLEXITY: None if loss is None else round(math.exp(min(loss, 700.0)), 6),
         "answer_tokens": count,
     }
+
+
+@dataclass
+class StageScore:
+    """A baseline or evaluate step's scoring: metrics/<stage>.json, and its rows of samples.jsonl."""
+
+    report: dict[str, Any]
+    samples: list[dict[str, Any]]
+    inference: list[dict[str, Any]]  # the answers to evaluation.inference_prompts (evaluate step only)
+
+
+def score_stage(
+    stage: str,
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[TestExample],
+    template: ChatTemplate,
+    config: TrainingConfig,
+    progress: Progress,
+) -> StageScore:
+    """The model (ready for inference) on the test split: answer loss, generated answers and their metrics."""
+    settings = config.evaluation
+    started = time.monotonic()
+    loss = answer_loss(
+        model,
+        tokenizer,
+        examples,
+        template=template,
+        max_length=config.model.max_seq_length,
+        batch_size=settings.batch_size,
+    )
+    generate = model_generate(model, tokenizer, settings, template.stop_word, config.training.seed)
+    metrics, samples = score(examples, generate, batch_size=settings.batch_size, progress=progress)
+    prompts = settings.inference_prompts if stage == "evaluate" else []
+    asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    answers = generate(asked) if asked else []
+    report = {
+        "stage": stage,
+        "model": config.model.name + (" + LoRA (fine-tuned)" if stage == "evaluate" else " (base)"),
+        "test_path": settings.test_path,
+        "examples": len(examples),
+        "metrics": {"test_loss": loss["test_loss"], "perplexity": loss["perplexity"], **metrics},
+        "answer_tokens": loss["answer_tokens"],
+        "generation": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p", "top_k"}),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    inference = [{"index": i, "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(asked, answers, strict=True))]
+    return StageScore(report, samples, inference)
 
 
 # ------------------------------------------------------------------------------------------------- files

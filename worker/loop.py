@@ -18,7 +18,21 @@ from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
-from worker.runner import CANCEL, RUN, SHUTDOWN, JobSpec, child_main
+from worker.child import child_main
+from worker.protocol import (
+    BackendChosen,
+    CheckpointSaved,
+    Failed,
+    Interrupted,
+    JobSpec,
+    Outcome,
+    PartialResult,
+    PhaseStarted,
+    Progress,
+    StopMode,
+    Stopped,
+    Succeeded,
+)
 
 log = logging.getLogger("forge.worker")
 
@@ -26,8 +40,25 @@ PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a se
 
 
 @dataclass
+class Ending:
+    """How a job ended, as the worker saw it: the training process's last message (None: it sent none) and why
+    the worker asked it to stop ("cancel", "shutdown", "lost"; "": it did not)."""
+
+    message: Outcome | None
+    reason: str = ""
+    killed: bool = False  # the worker killed the process after the grace period
+
+    @property
+    def clean(self) -> bool:
+        """The process finished the job as it should and may take another."""
+        if self.killed:
+            return False
+        return isinstance(self.message, Succeeded) or (isinstance(self.message, Stopped) and self.reason == "cancel")
+
+
+@dataclass
 class _Child:
-    """A training process (worker/runner.py child_main) and the pipe and stop flag that reach it."""
+    """A training process (worker/child.py child_main) and the pipe and stop flag that reach it."""
 
     process: Any
     conn: Any
@@ -99,25 +130,20 @@ class Worker:
             source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
         )
         child = self._child_for(str(job.config.get("backend", "auto")))
-        child.stop_flag.value = RUN
+        child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
-        outcome = self._supervise(job, child.process, child.conn, child.stop_flag)
-        clean = (
-            outcome is not None
-            and child.process.is_alive()
-            and not outcome.get("killed")
-            and (outcome["type"] == "succeeded" or (outcome["type"] == "stopped" and outcome.get("reason") == "cancel"))
-        )
-        if outcome is not None:
+        ending = self._supervise(job, child.process, child.conn, child.stop_flag)
+        clean = ending is not None and child.process.is_alive() and ending.clean
+        if ending is not None:
             # Recorded before waiting for the process to exit: no lease is renewed while it tears down
             # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
-            self._finish(job, outcome, None)
+            self._finish(job, ending, None)
         if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
             self._retire_child()  # also collects the exit code of a child that died
         else:
             child.idle_since = time.monotonic()
-        if outcome is None:
-            self._finish(job, outcome, child.process.exitcode)
+        if ending is None:
+            self._finish(job, ending, child.process.exitcode)
 
     # -- the training process, kept warm between jobs ------------------------------------------------------
     def _child_for(self, backend: str) -> _Child:
@@ -132,7 +158,7 @@ class Worker:
             return child
         self._retire_child()
         parent_conn, child_conn = self.context.Pipe()
-        stop_flag = self.context.Value("i", RUN)
+        stop_flag = self.context.Value("i", StopMode.RUN)
         process = self.context.Process(target=child_main, args=(child_conn, stop_flag), daemon=True)
         process.start()
         child_conn.close()
@@ -155,7 +181,7 @@ class Worker:
             log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
             self._retire_child()
 
-    def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> dict[str, Any] | None:
+    def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> Ending | None:
         pending: dict[str, Any] = {}
         last_flush = 0.0
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
@@ -167,23 +193,23 @@ class Worker:
                     message = conn.recv()
                 except EOFError:
                     break
-                kind = message.pop("type")
-                if kind in ("succeeded", "failed", "stopped", "interrupted"):
-                    self._flush(job, pending)
-                    return {"type": kind, "reason": reason, **message}
-                if kind == "progress":
-                    pending.update({k: v for k, v in message.items() if v is not None})
-                elif kind == "phase":
-                    # A new phase starts without the previous one's progress line.
-                    pending.update(phase=JobPhase(message["phase"]), phase_progress=None, phase_detail=None)
-                    self._flush(job, pending)
-                    last_flush = time.monotonic()
-                elif kind == "backend":
-                    pending["backend"] = message["backend"]
-                elif kind == "checkpoint":
-                    pending["checkpoint_at"] = utcnow()
-                elif kind == "result":  # what the job knows so far: baseline metrics, evaluation progress
-                    pending["result"] = message["result"]
+                match message:
+                    case Succeeded() | Failed() | Stopped() | Interrupted():
+                        self._flush(job, pending)
+                        return Ending(message, reason)
+                    case Progress():
+                        pending.update(message.changes())
+                    case PhaseStarted(phase=phase):
+                        # A new phase starts without the previous one's progress line.
+                        pending.update(phase=JobPhase(phase), phase_progress=None, phase_detail=None)
+                        self._flush(job, pending)
+                        last_flush = time.monotonic()
+                    case BackendChosen(backend=backend):
+                        pending["backend"] = backend
+                    case CheckpointSaved():
+                        pending["checkpoint_at"] = utcnow()
+                    case PartialResult(result=result):  # what the job knows so far: baseline metrics, ...
+                        pending["result"] = result
             elif not child.is_alive():
                 break
             now = time.monotonic()
@@ -203,14 +229,14 @@ class Worker:
                 reason = "shutdown"
             if reason and stop_asked_at is None:
                 log.info("job %s: asking the trainer to stop (%s)", job.id, reason)
-                stop_flag.value = SHUTDOWN if reason == "shutdown" else CANCEL
+                stop_flag.value = StopMode.SHUTDOWN if reason == "shutdown" else StopMode.CANCEL
                 stop_asked_at = now
             if stop_asked_at is not None and now - stop_asked_at > self.settings.cancel_grace_seconds:
                 log.warning("job %s did not stop within %.0fs; killing it", job.id, self.settings.cancel_grace_seconds)
                 child.kill()
-                return {"type": "stopped", "reason": reason, "killed": True}
+                return Ending(Stopped(), reason, killed=True)
         self._flush(job, pending)
-        return None if not reason else {"type": "stopped", "reason": reason}
+        return Ending(Stopped(), reason) if reason else None
 
     def _flush(self, job: Job, pending: dict[str, Any]) -> None:
         if not pending:
@@ -220,9 +246,10 @@ class Worker:
         pending.clear()
         self._write_status()
 
-    def _finish(self, job: Job, outcome: dict[str, Any] | None, exitcode: int | None) -> None:
+    def _finish(self, job: Job, ending: Ending | None, exitcode: int | None) -> None:
         with self.db.session() as session:
-            if outcome is None:
+            message = ending.message if ending else None
+            if ending is None:
                 jobs.finish(
                     session,
                     job,
@@ -234,22 +261,16 @@ class Worker:
                         "it ran out of memory: lower per_device_train_batch_size or max_seq_length"
                     ),
                 )
-            elif outcome["type"] == "succeeded":
-                jobs.finish(session, job, JobStatus.succeeded, result=outcome["result"])
-            elif outcome["type"] == "failed":
-                jobs.finish(
-                    session,
-                    job,
-                    JobStatus.failed,
-                    error_code=outcome["code"],
-                    error_message=outcome["message"],
-                )
-            elif outcome["type"] == "interrupted":
+            elif isinstance(message, Succeeded):
+                jobs.finish(session, job, JobStatus.succeeded, result=message.result)
+            elif isinstance(message, Failed):
+                jobs.finish(session, job, JobStatus.failed, error_code=message.code, error_message=message.message)
+            elif isinstance(message, Interrupted):
                 # A graceful shutdown: back to the queue, to resume from the checkpoint just saved.
-                jobs.requeue(session, job, outcome["checkpoint"])
-            elif outcome["reason"] == "cancel":
+                jobs.requeue(session, job, message.checkpoint)
+            elif ending.reason == "cancel":
                 jobs.finish(session, job, JobStatus.cancelled)
-            elif outcome["reason"] == "shutdown":
+            elif ending.reason == "shutdown":
                 # Killed after the grace period, before it could save: back to the queue from its last checkpoint.
                 jobs.requeue(session, job, self.checkpoint_of(job) or job.resume_from)
             final = jobs.get(session, job.id)

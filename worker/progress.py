@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from worker.runner import SHUTDOWN
+from worker.protocol import Message, Progress, StopMode
 
 log = logging.getLogger("forge.worker.job")
 
@@ -21,13 +21,13 @@ DIVERGENCE_FACTOR = 10.0
 
 
 class ProgressCallback(TrainerCallback):
-    def __init__(self, report: Callable[[dict[str, Any]], None], stop_mode: Callable[[], int]) -> None:
+    def __init__(self, report: Callable[[Message], None], stop_mode: Callable[[], StopMode]) -> None:
         self.report = report
         self.stop_mode = stop_mode
         self.started = 0.0
         self.log_history: list[dict[str, Any]] = []
         self.first_loss: float | None = None
-        self.stopped_by: int | None = None
+        self.stopped_by: StopMode | None = None
         self.diverged: str | None = None
 
     def _eta(self, state: Any) -> float | None:
@@ -44,32 +44,30 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.monotonic()
         self.report(
-            {
-                "type": "progress",
-                "step": 0,
-                "total_steps": state.max_steps,
-                "epoch": 0.0,
-                "total_epochs": float(state.num_train_epochs or args.num_train_epochs),
-            }
+            Progress(
+                step=0,
+                total_steps=state.max_steps,
+                epoch=0.0,
+                total_epochs=float(state.num_train_epochs or args.num_train_epochs),
+            )
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.report(
-            {
-                "type": "progress",
-                "step": state.global_step,
-                "total_steps": state.max_steps,
-                "epoch": float(state.epoch or 0.0),
-                "eta_seconds": self._eta(state),
-                "tokens_per_second": self._tokens_per_second(state),
-            }
+            Progress(
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=float(state.epoch or 0.0),
+                eta_seconds=self._eta(state),
+                tokens_per_second=self._tokens_per_second(state),
+            )
         )
         mode = self.stop_mode()
-        if mode:
+        if mode != StopMode.RUN:
             self.stopped_by = mode
             control.should_training_stop = True
             # A shutdown saves a checkpoint of this step, so the job resumes here on another worker.
-            control.should_save = mode == SHUTDOWN
+            control.should_save = mode == StopMode.SHUTDOWN
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # Evaluation at an epoch's end also runs when training is cut short; a cancel, a shutdown or a
@@ -90,13 +88,13 @@ class ProgressCallback(TrainerCallback):
         }
         self.log_history.append(entry)
         log.info("metrics %s", json.dumps(entry, default=float))
-        update: dict[str, Any] = {"type": "progress", "step": state.global_step}
+        update = Progress(step=state.global_step)
         if "loss" in logs:
             loss = float(logs["loss"])
-            update["loss"] = loss if math.isfinite(loss) else None
+            update.loss = loss if math.isfinite(loss) else None
             self._check_divergence(loss, float(logs.get("grad_norm", 0.0)), state.global_step, control)
         if "learning_rate" in logs:
-            update["learning_rate"] = float(logs["learning_rate"])
+            update.learning_rate = float(logs["learning_rate"])
         self.report(update)
 
     def _check_divergence(self, loss: float, grad_norm: float, step: int, control: Any) -> None:

@@ -10,8 +10,8 @@ import torch
 from trl import SFTConfig
 
 from app.training_config import TrainingConfig
-from worker.backends.common import compute_dtype
 from worker.batch_size import BatchPlan
+from worker.devices import compute_dtype
 
 log = logging.getLogger("forge.worker")
 
@@ -28,7 +28,7 @@ def sft_config(config: TrainingConfig, run_dir: Path, batch: BatchPlan, evaluate
     """`batch`: the batch and accumulation to train with (worker.batch_size); `evaluate`: there is a validation
     set, whose loss is computed every eval_steps, or at each epoch's end."""
     t = config.training
-    dtype = compute_dtype(config)
+    dtype = compute_dtype(config.model.dtype)
     cuda = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(run_dir / t.output_dir),

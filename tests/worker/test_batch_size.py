@@ -30,11 +30,12 @@ def job(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     write_splits(project / "data", sizes=(48, 8, 8))
     config = auto_config(tiny_model_dir)
     backend = TransformersBackend()
-    model, tokenizer = backend.load_model(str(tiny_model_dir), config)
-    model = backend.attach_lora(model, config)
     from worker import chat_templates
 
-    data = prepare(tokenizer, chat_templates.for_job(config, str(tiny_model_dir)), config, project)
+    template = chat_templates.for_job(config, str(tiny_model_dir))
+    model, tokenizer = backend.load_model(str(tiny_model_dir), config, template)
+    model = backend.attach_lora(model, config)
+    data = prepare(tokenizer, template, config, project)
     return model, data.train
 
 

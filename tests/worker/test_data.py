@@ -68,7 +68,9 @@ def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_mod
     """A real training run (the runner in-process, a tiny model) on the Data Factory format, with eval steps."""
     from multiprocessing import Value
 
-    from worker.runner import JobRunner, JobSpec
+    from worker.protocol import JobSpec, Message
+    from worker.recipe import LoraRecipe
+    from worker.reporter import Reporter
 
     rows = [json.loads(line) for line in (project / "data/splits/train.jsonl").read_text().splitlines()]
     alpaca = project / "data/factory/train.jsonl"
@@ -90,14 +92,14 @@ def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_mod
 
     class Pipe:
         def __init__(self) -> None:
-            self.sent: list[dict] = []
+            self.sent: list[Message] = []
 
-        def send(self, message: dict) -> None:
+        def send(self, message: Message) -> None:
             self.sent.append(message)
 
     run_dir = project / "runs" / "job1"
     spec = JobSpec("job1", config, str(run_dir), str(project), str(Path.home() / ".cache/forge-trainer"))
-    stats = JobRunner(spec, Pipe(), Value("i", 0)).run()
+    stats = LoraRecipe(spec, Reporter(Pipe(), Value("i", 0))).run().as_stats()
     assert stats["data"]["format"] == "alpaca" and stats["data"]["examples"] == 48
     assert stats["data"]["eval"]["examples"] == 1
     evals = [entry for entry in stats["log_history"] if "eval_loss" in entry]

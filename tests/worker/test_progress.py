@@ -7,11 +7,22 @@ from typing import Any
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from worker.progress import ProgressCallback
+from worker.protocol import Message, Progress, StopMode
 
 
-def _run(losses: list[float], stop_mode: int = 0) -> tuple[ProgressCallback, TrainerControl, list[dict[str, Any]]]:
-    reports: list[dict[str, Any]] = []
-    callback = ProgressCallback(reports.append, lambda: stop_mode)
+def _collect(reports: list[Progress]) -> Any:
+    """The callback sends only progress messages; collected for the assertions."""
+
+    def send(message: Message) -> None:
+        assert isinstance(message, Progress)
+        reports.append(message)
+
+    return send
+
+
+def _run(losses: list[float], stop_mode: int = 0) -> tuple[ProgressCallback, TrainerControl, list[Progress]]:
+    reports: list[Progress] = []
+    callback = ProgressCallback(_collect(reports), lambda: StopMode(stop_mode))
     args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
     state, control = TrainerState(max_steps=100, num_train_epochs=1), TrainerControl()
     callback.on_train_begin(args, state, control)
@@ -27,8 +38,8 @@ def _run(losses: list[float], stop_mode: int = 0) -> tuple[ProgressCallback, Tra
 def test_reports_steps_and_losses() -> None:
     callback, control, reports = _run([3.0, 2.5, 2.0])
     assert not control.should_training_stop and callback.diverged is None
-    assert [r["loss"] for r in reports if "loss" in r] == [3.0, 2.5, 2.0]
-    assert reports[0]["total_steps"] == 100
+    assert [r.loss for r in reports if r.loss is not None] == [3.0, 2.5, 2.0]
+    assert reports[0].total_steps == 100
 
 
 def test_exploding_loss_is_divergence() -> None:
@@ -40,12 +51,12 @@ def test_exploding_loss_is_divergence() -> None:
 def test_nan_loss_is_divergence_and_is_not_reported_as_a_number() -> None:
     callback, control, reports = _run([2.0, float("nan")])
     assert control.should_training_stop and "the loss became nan at step 2" in (callback.diverged or "")
-    assert reports[-1]["loss"] is None
+    assert reports[-1].loss is None
 
 
 def test_nan_gradient_is_divergence() -> None:
-    reports: list[dict[str, Any]] = []
-    callback = ProgressCallback(reports.append, lambda: 0)
+    reports: list[Progress] = []
+    callback = ProgressCallback(_collect(reports), lambda: StopMode.RUN)
     args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
     state, control = TrainerState(max_steps=10, num_train_epochs=1, global_step=1), TrainerControl()
     callback.on_log(args, state, control, logs={"loss": 12.0, "grad_norm": float("nan")})
@@ -60,8 +71,8 @@ def test_shutdown_saves_a_checkpoint_and_cancel_does_not() -> None:
 
 
 def test_failures_are_classified_with_advice() -> None:
+    from worker.child import classify as _classify
     from worker.data import DataError
-    from worker.runner import _classify
 
     assert _classify(DataError("train.jsonl:3: not JSON")) == ("dataset_invalid", "train.jsonl:3: not JSON")
 

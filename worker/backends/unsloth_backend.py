@@ -10,10 +10,12 @@ from trl import SFTTrainer
 from unsloth import FastModel
 from unsloth.chat_templates import get_chat_template, train_on_responses_only
 
+from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
 from worker import chat_templates
-from worker.backends.common import compute_dtype, target_modules
+from worker.backends.common import target_modules
 from worker.data import Prepared
+from worker.devices import compute_dtype
 
 
 class UnslothBackend:
@@ -22,14 +24,14 @@ class UnslothBackend:
     def __init__(self) -> None:
         self.template = chat_templates.TEMPLATES["gemma-3"]
 
-    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
+    def load_model(self, model_path: str, config: TrainingConfig, template: ChatTemplate) -> tuple[Any, Any]:
         model, tokenizer = FastModel.from_pretrained(
             model_name=model_path,
             max_seq_length=config.model.max_seq_length,
-            dtype=None if config.model.dtype is None else compute_dtype(config),
+            dtype=None if config.model.dtype is None else compute_dtype(config.model.dtype),
             load_in_4bit=config.model.load_in_4bit,
         )
-        self.template = chat_templates.for_job(config, model_path)
+        self.template = template
         return model, self.install_template(tokenizer)
 
     def install_template(self, tokenizer: Any) -> Any:

@@ -1,0 +1,129 @@
+"""The training child process: the jobs the worker sends through the pipe, run one at a time.
+
+A crash, a CUDA out-of-memory or a kill in here cannot take the worker down. The process stays for the worker's
+next job while jobs end cleanly; each job's outcome (worker.protocol) is its last message, and its log goes to
+the run folder's logs/training.log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+from app.models import JobKind
+from app.training_config import TrainingConfig
+from worker import devices
+from worker.protocol import Failed, Interrupted, JobSpec, StopMode, Stopped, StopRequested, Succeeded
+from worker.reporter import Reporter
+
+log = logging.getLogger("forge.worker.job")
+
+
+def child_main(conn: Any, stop_flag: Any) -> None:
+    """Entry point of the training child process.
+
+    The process outlives a job: the next one on the same backend skips importing Unsloth and, with the
+    compiled kernels still in memory, most of the compiling. After a job that did not end cleanly (a failure,
+    a shutdown) it exits, so that a broken CUDA context or a half-patched library never meets the next job.
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    jobs_run = 0
+    while True:
+        try:
+            spec = conn.recv()
+        except EOFError:  # the worker closed the pipe: it retires this process
+            return
+        # Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
+        # container keeps on a volume: a new process on this machine skips most of the minutes of compiling.
+        compile_cache = Path(spec.cache_dir) / "compile"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+        reusable = run_one(spec, conn, stop_flag, warm=jobs_run > 0)
+        jobs_run += 1
+        if not reusable:
+            conn.close()
+            return
+
+
+def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
+    """The job's result (its stats), by the recipe of its kind."""
+    if spec.kind == JobKind.export:
+        from worker.export_job import ExportJob
+
+        return ExportJob(spec, reporter).run()
+    from worker.recipe import LoraRecipe
+
+    return LoraRecipe(spec, reporter).run().as_stats()
+
+
+def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
+    """Run one job and send its outcome; True when this process is fit for another job."""
+    run_dir = Path(spec.run_dir)
+    handler = _setup_logging(run_dir)
+    reporter = Reporter(conn, stop_flag)
+    reusable = False
+    try:
+        stats = run_job(spec, reporter)
+        stats["warm_start"] = warm
+    except StopRequested as stop:
+        if stop.mode == StopMode.SHUTDOWN:
+            from app.checkpoints import in_run
+
+            output_dir = TrainingConfig.model_validate(spec.config).training.output_dir
+            checkpoint = in_run(run_dir, output_dir) or spec.resume_from
+            log.info("stopped for a worker shutdown; resumes from %s", checkpoint or "the start")
+            conn.send(Interrupted(checkpoint))
+        else:
+            log.info("cancelled at the worker's request")
+            conn.send(Stopped())
+            reusable = True
+    except BaseException as exc:
+        log.error("job failed:\n%s", traceback.format_exc())
+        code, message = classify(exc)
+        conn.send(Failed(code, message))
+    else:
+        log.info("done: %s", json.dumps({k: stats.get(k) for k in ("kind", "steps", "final_loss", "exports")}))
+        conn.send(Succeeded({k: v for k, v in stats.items() if k != "log_history"}))
+        reusable = True
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        del reporter
+        devices.free_memory()
+    return reusable
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """A code and a message a user can act on."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code, str(exc)
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out_of_memory", (
+            f"the GPU ran out of memory ({exc}). Reduce training.per_device_train_batch_size and raise "
+            'training.gradient_accumulation_steps (or set the batch to "auto" to have it measured), or lower '
+            "model.max_seq_length"
+        )
+    return "training_failed", f"{name}: {exc}"
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler

@@ -1,0 +1,91 @@
+"""`python -m worker.gguf quantize|generate ...`: llama.cpp's steps of a GGUF export, each in a subprocess of
+the job (worker/gguf/tools.py runs them), so that a llama.cpp abort never ends the job's process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[args.quantization])
+    code = llama_cpp.llama_model_quantize(args.source.encode(), args.target.encode(), params)
+    if code != 0:
+        raise SystemExit(f"llama_model_quantize returned {code}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from worker.evaluation import write_json
+
+    prompts = json.loads(Path(args.request).read_text())["prompts"]
+    started = time.monotonic()
+    # All the cores this process may use (llama-cpp-python's default is half): the job does nothing else now.
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    llm = llama_cpp.Llama(model_path=args.model, n_ctx=args.n_ctx, n_threads=threads, seed=0, verbose=False)
+    loaded = time.monotonic()
+    template = llm.metadata.get("tokenizer.chat_template")
+    if template is None:
+        raise SystemExit(f"{args.model} has no chat template (tokenizer.chat_template); it would chat as llama-2")
+
+    def text_of(token: int) -> str:
+        return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    # The formatter llama-cpp-python builds from the file's template; kept to show the prompt it renders.
+    formatter = Jinja2ChatFormatter(template, eos_token=text_of(llm.token_eos()), bos_token=text_of(llm.token_bos()))
+    predictions, completion_tokens = [], 0
+    for i, messages in enumerate(prompts, start=1):
+        out: Any = llm.create_chat_completion(
+            messages=messages, max_tokens=args.max_new_tokens, temperature=0.0, repeat_penalty=1.0
+        )
+        predictions.append((out["choices"][0]["message"]["content"] or "").strip())
+        completion_tokens += out["usage"]["completion_tokens"]
+        print(f"forge-progress {i}/{len(prompts)}", file=sys.stderr, flush=True)
+    generated = time.monotonic()
+    write_json(
+        Path(args.result),
+        {
+            "predictions": predictions,
+            "chat_template": template,
+            "prompt": formatter(messages=prompts[0]).prompt,
+            "load_seconds": round(loaded - started, 3),
+            "generate_seconds": round(generated - loaded, 3),
+            "completion_tokens": completion_tokens,
+            "tokens_per_second": round(completion_tokens / max(generated - loaded, 1e-9), 1),
+        },
+    )
+    llm.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.gguf", description="llama.cpp steps of a GGUF export")
+    commands = parser.add_subparsers(dest="command", required=True)
+    q = commands.add_parser("quantize", help="f16 GGUF -> k-quant GGUF")
+    q.add_argument("source")
+    q.add_argument("target")
+    q.add_argument("quantization", choices=sorted(K_QUANTS))
+    g = commands.add_parser("generate", help="load a GGUF and answer chat prompts greedily")
+    g.add_argument("model")
+    g.add_argument("request", help="JSON file: {prompts: [[{role, content}, ...], ...]}")
+    g.add_argument("result", help="JSON file written with the answers")
+    g.add_argument("--n-ctx", type=int, default=2048)
+    g.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
+    args = parser.parse_args(argv)
+    {"quantize": _quantize, "generate": _generate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""A training job, in the spec's order: load model -> attach LoRA -> prepare data -> baseline -> train -> save ->
+evaluate -> export -> gates. `LoraRecipe.run` names the steps; each step is a method with typed inputs and
+outputs, and the job's result is a typed model (metrics/training-stats.json).
+
+Runs in the training child process (worker/child.py), which sends what the steps report to the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.datasets.templates import ChatTemplate
+from app.models import GateResult, GatesReport, GateStatus, JobPhase
+from app.training_config import EMBEDDED_MODEL, TrainingConfig
+from worker import batch_size, devices, evaluation, export, gates
+from worker.backends import Backend
+from worker.batch_size import BatchPlan
+from worker.data import prepare
+from worker.evaluation import TestExample
+from worker.export import GgufExport
+from worker.protocol import BackendChosen, CheckpointSaved, JobSpec, StopRequested
+from worker.reporter import Reporter
+from worker.setup import ModelNotFound, Setup
+
+log = logging.getLogger("forge.worker.job")
+
+# Files of the steps, in the run folder.
+METRICS_FILES = {"baseline": "metrics/baseline.json", "evaluate": "metrics/evaluation.json"}
+SAMPLES_FILE = "metrics/samples.jsonl"
+GATES_FILE = "metrics/gates.json"
+BATCH_FILE = "metrics/batch-size.json"
+LOSS_PLOT = "metrics/loss.png"
+STATS_FILE = "metrics/training-stats.json"
+
+
+class Diverged(RuntimeError):
+    code = "diverged"
+
+
+class GateFailed(RuntimeError):
+    code = "gate_failed"
+
+
+@dataclass
+class Data:
+    """The prepare-data step's output: datasets in the backend's form, the batch, the test examples."""
+
+    train: Any
+    eval: Any | None
+    stats: dict[str, Any]
+    batch: BatchPlan
+    template: ChatTemplate
+    test_set: list[TestExample]  # what the baseline and evaluate steps score
+    gguf_examples: list[TestExample]  # what the GGUF files are scored on
+
+
+@dataclass
+class Trained:
+    """What the train step leaves: the trainer's numbers and the loss history."""
+
+    metrics: dict[str, Any]
+    steps: int
+    epochs: float
+    tokens_seen: int
+    history: list[dict[str, Any]]  # the trainer's, restored from the checkpoint on a resume: the whole run's curve
+    logged: list[dict[str, Any]]  # what this attempt logged (with wall time and tokens seen)
+
+
+@dataclass
+class Saved:
+    exports: dict[str, Any]  # artifact kind -> path(s) relative to the run folder
+    merged: Path | None  # the merged model's folder, a scratch one when only GGUF files are wanted
+
+
+class JobResult(BaseModel):
+    """The job's result: metrics/training-stats.json, and the job's `result` less the log history."""
+
+    backend: str
+    model: str
+    model_path: str
+    steps: int
+    epochs: float
+    train_loss: float
+    final_loss: float | None
+    train_runtime_seconds: float
+    tokens_seen: int
+    tokens_per_second: float | None
+    peak_gpu_memory_gib: float | None
+    data: dict[str, Any]
+    eval_loss: float | None
+    quantization: dict[str, Any] | None = None  # the GGUF gate's summary, when GGUF files were exported
+    exports: dict[str, Any] = {}
+    wall_seconds: float = 0.0
+    log_history: list[dict[str, Any]] = []
+    # What the steps published while the job ran (Reporter.partial).
+    batch_size: dict[str, Any] | None = None
+    evaluation_progress: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    gates: dict[str, Any] | None = None
+
+    def as_stats(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class LoraRecipe:
+    def __init__(self, spec: JobSpec, reporter: Reporter) -> None:
+        self.spec = spec
+        self.config = TrainingConfig.model_validate(spec.config)
+        self.run_dir = Path(spec.run_dir)
+        self.reporter = reporter
+
+    def run(self) -> JobResult:
+        """The spec's steps, in order."""
+        started = time.monotonic()
+        backend = self.choose_backend()
+        setup = Setup.of(self.spec, self.config)
+        model, tokenizer = self.load_model(backend, setup)
+        model = self.attach_lora(backend, model)
+        data = self.prepare_data(backend, model, tokenizer, setup)
+        baseline = self.baseline(backend, model, tokenizer, data)
+        trained = self.train(backend, model, tokenizer, data)
+        saved = self.save(backend, model, tokenizer, setup)
+        evaluated = self.evaluate(backend, model, tokenizer, data)
+        result = self.result(backend, setup, data, trained)
+        gguf_examples = data.gguf_examples
+        del model, tokenizer, data  # the export loads models of its own: give back what training held
+        devices.free_memory()
+        gguf = self.export(setup, saved, gguf_examples)
+        report = self.gates(baseline, evaluated, trained.history, gguf.gate if gguf else None)
+        return self.finish(result, saved, gguf, report, started)
+
+    # -- the steps ------------------------------------------------------------------------------------
+    def choose_backend(self) -> Backend:
+        from worker import backends
+
+        backend = backends.select(self.config.backend)  # before transformers: Unsloth patches it on import
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        self.reporter.send(BackendChosen(backend.name))
+        log.info("backend: %s", backend.name)
+        return backend
+
+    def load_model(self, backend: Backend, setup: Setup) -> tuple[Any, Any]:
+        self.reporter.phase(JobPhase.loading_model)
+        export.preflight(self.config, setup.model_path)  # a GGUF export that cannot work fails now, not later
+        try:
+            return backend.load_model(setup.model_path, self.config, setup.template)
+        except OSError as exc:
+            raise ModelNotFound(
+                f"could not load model {self.config.model.name!r}: {exc}. Use {EMBEDDED_MODEL!r}, a local "
+                "folder, or a hub id already in this worker's Hugging Face cache"
+            ) from exc
+
+    def attach_lora(self, backend: Backend, model: Any) -> Any:
+        self.reporter.phase(JobPhase.attaching_lora)
+        return backend.attach_lora(model, self.config)
+
+    def prepare_data(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Data:
+        self.reporter.phase(JobPhase.preparing_data)
+        prepared = prepare(tokenizer, setup.template, self.config, setup.project_dir)
+        train, eval_ = backend.prepare_data(prepared)
+        log.info("data: %s", json.dumps(prepared.stats))
+        batch = self.batch_plan(model, prepared.train)
+        split = setup.test_split()
+        test_set = evaluation.scored_examples(split, self.config.evaluation) if split else []
+        gguf_examples = export.gate_examples(self.config, split)
+        return Data(train, eval_, prepared.stats, batch, setup.template, test_set, gguf_examples)
+
+    def baseline(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict | None:
+        """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
+        if not self.config.evaluation.baseline:
+            return None
+        done = self.run_dir / METRICS_FILES["baseline"]
+        if self.spec.resume_from and done.is_file():
+            report: dict[str, Any] = json.loads(done.read_text())  # a resumed job keeps its first baseline
+            log.info("baseline: kept from the first attempt")
+        else:
+            self.reporter.phase(JobPhase.baseline)
+            report = self.score_model("baseline", backend, model, tokenizer, data)
+        self.reporter.publish(baseline={"examples": report["examples"], "metrics": report["metrics"]})
+        return report
+
+    def train(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> Trained:
+        self.reporter.phase(JobPhase.training)
+        from transformers import PrinterCallback
+
+        from worker.plots import write_loss_plot
+        from worker.progress import ProgressCallback
+        from worker.training_args import sft_config
+
+        progress = ProgressCallback(self.reporter.send, self.reporter.stop_mode)
+        args = sft_config(self.config, self.run_dir, data.batch, evaluate=data.eval is not None)
+        trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress], data.eval)
+        trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
+        resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None
+        if resume:
+            log.info("resuming from %s", resume)
+        output = trainer.train(resume_from_checkpoint=resume)
+        if progress.diverged:
+            raise Diverged(progress.diverged)
+        if progress.stopped_by is not None:
+            raise StopRequested(progress.stopped_by)
+        history = [dict(entry) for entry in trainer.state.log_history]
+        write_loss_plot(history, self.run_dir / LOSS_PLOT, title=f"{self.config.model.name}: training loss")
+        state = trainer.state
+        seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        return Trained(
+            output.metrics, int(state.global_step), float(state.epoch or 0.0), seen, history, progress.log_history
+        )
+
+    def save(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Saved:
+        self.reporter.phase(JobPhase.saving)
+        save = self.config.save
+        lora_path = self.run_dir / save.lora_path
+        backend.save_lora(model, tokenizer, str(lora_path))
+        self.reporter.send(CheckpointSaved())
+        saved = Saved({"lora": save.lora_path}, export.merged_dir(self.config, self.run_dir))
+        if saved.merged is not None:
+            backend.save_merged(model, tokenizer, str(saved.merged), setup.model_path, str(lora_path))
+            if save.merged_path:
+                saved.exports["merged"] = save.merged_path
+        return saved
+
+    def evaluate(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict | None:
+        """The fine-tuned model on the same split, after training."""
+        if not self.config.evaluation.evaluate:
+            return None
+        self.reporter.phase(JobPhase.evaluate)
+        report = self.score_model("evaluate", backend, model, tokenizer, data)
+        self.reporter.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
+        return report
+
+    def export(self, setup: Setup, saved: Saved, examples: list[TestExample]) -> GgufExport | None:
+        """GGUF files of the merged model, verified in llama.cpp; None when the job asks for none."""
+        save = self.config.save
+        if not save.gguf_types or saved.merged is None:
+            return None
+        self.reporter.phase(JobPhase.exporting)
+        progress = self.reporter.phase_progress
+        tracker = export.Tracker.planned(progress, save.gguf_types, merging=False, scoring=examples)
+        try:
+            stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
+            return export.export_gguf(self.config, self.run_dir, saved.merged, examples, stop_word, tracker, check_stop)
+        finally:
+            if not save.merged_path:
+                export.remove_tree(saved.merged)
+
+    def gates(
+        self, baseline: dict | None, evaluated: dict | None, history: list[dict], quantization: GateResult | None
+    ) -> GatesReport:
+        """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
+        losses = [float(entry["loss"]) for entry in history if "loss" in entry]
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
+        evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
+        for gate in result.gates:
+            log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
+        self.reporter.publish(gates=result.model_dump(mode="json"))
+        return result
+
+    # -- helpers of the steps -------------------------------------------------------------------------
+    def batch_plan(self, model: Any, rows: list[Any]) -> BatchPlan:
+        """The configured batch, or with `auto` the largest whose training step fits, measured now (a resumed job
+        keeps its first attempt's, so its checkpoint goes on with the same steps)."""
+        done = self.run_dir / BATCH_FILE
+        if self.spec.resume_from and done.is_file():
+            plan = BatchPlan.from_dict(json.loads(done.read_text()))
+            log.info("batch size: kept from the first attempt")
+        else:
+            plan = batch_size.plan(self.config, model, rows, self.reporter.phase_progress)
+            if plan.auto:
+                evaluation.write_json(done, plan.as_dict())
+        self.reporter.publish(batch_size=plan.as_dict())
+        return plan
+
+    def score_model(self, stage: str, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict[str, Any]:
+        """The model on the test split (metrics/<stage>.json, its answers in samples.jsonl)."""
+
+        def progress(done: int, total: int) -> None:
+            self.reporter.publish(evaluation_progress={"stage": stage, "done": done, "total": total})
+            self.reporter.check_stop()  # a cancel or a shutdown need not wait for the whole test split
+
+        progress(0, len(data.test_set))
+        backend.for_inference(model)
+        try:
+            scored = evaluation.score_stage(
+                stage, model, tokenizer, data.test_set, data.template, self.config, progress
+            )
+        finally:
+            backend.for_training(model, self.config)
+        evaluation.write_json(self.run_dir / METRICS_FILES[stage], scored.report)
+        evaluation.write_samples(self.run_dir / SAMPLES_FILE, stage, scored.samples)
+        if scored.inference:
+            evaluation.write_samples(self.run_dir / SAMPLES_FILE, "inference", scored.inference)
+        log.info("%s: %s", stage, json.dumps(scored.report["metrics"]))
+        return scored.report
+
+    def result(self, backend: Backend, setup: Setup, data: Data, trained: Trained) -> JobResult:
+        metrics, seen = trained.metrics, trained.tokens_seen
+        runtime = float(metrics.get("train_runtime", 0.0))
+        return JobResult(
+            backend=backend.name,
+            model=self.config.model.name,
+            model_path=setup.model_path,
+            steps=trained.steps,
+            epochs=trained.epochs,
+            train_loss=float(metrics.get("train_loss", float("nan"))),
+            final_loss=next((e["loss"] for e in reversed(trained.logged) if "loss" in e), None),
+            train_runtime_seconds=round(runtime, 3),
+            tokens_seen=seen,
+            tokens_per_second=round(seen / runtime, 1) if runtime > 0 and seen else None,
+            peak_gpu_memory_gib=devices.peak_gpu_memory_gib(),
+            data=data.stats,
+            log_history=trained.logged,
+            eval_loss=next((e["eval_loss"] for e in reversed(trained.logged) if "eval_loss" in e), None),
+        )
+
+    def finish(
+        self, result: JobResult, saved: Saved, gguf: GgufExport | None, report: GatesReport, started: float
+    ) -> JobResult:
+        """The result written (metrics/training-stats.json); a failed gate fails the job when gates are required."""
+        exports = saved.exports
+        update: dict[str, Any] = {}
+        if gguf is not None:
+            exports["gguf"], update["quantization"] = gguf.files, gguf.summary
+        update.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
+        result = result.model_copy(update={**update, **self.reporter.partial})
+        stats = result.as_stats()
+        evaluation.write_json(self.run_dir / STATS_FILE, stats)
+        failed = [g for g in report.gates if g.status == GateStatus.failed]
+        if failed and report.required:
+            self.reporter.publish(**{k: v for k, v in stats.items() if k != "log_history"})
+            raise GateFailed(
+                "training finished but gates.required is true and "
+                + "; ".join(f"{g.name.value} failed: {g.message}" for g in failed)
+            )
+        return result
