@@ -20,17 +20,17 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app import files
+from app.datasets.templates import TEMPLATES, ChatTemplate
 from app.models import GateName, GateResult, GatesReport, GateStatus, JobKind, JobPhase
+from app.resolve import Resolved, resolve
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import batch_size, chat_templates, evaluation, export, gates
+from worker import batch_size, evaluation, export, gates
 from worker.batch_size import BatchPlan
-from worker.chat_templates import ChatTemplate
-from worker.data import DataError, prepare
+from worker.data import prepare
 from worker.evaluation import TestExample
 
 log = logging.getLogger("forge.worker.job")
@@ -78,6 +78,7 @@ class JobSpec:
     resume_from: str | None = None
     kind: str = JobKind.training.value
     source_run_dir: str | None = None  # an export job's source: the training job's run folder
+    model_dirs: list[str] = field(default_factory=list)  # FORGE_MODEL_DIRS, where a model folder may be
 
 
 class JobRunner:
@@ -90,7 +91,8 @@ class JobRunner:
         self.stop_flag = stop_flag
         # What the job knows before it ends (baseline metrics, evaluation progress), shown in its `result`.
         self.partial: dict[str, Any] = {}
-        self.template: ChatTemplate = chat_templates.TEMPLATES["gemma-3"]  # set from the model when it loads
+        self.template: ChatTemplate = TEMPLATES["gemma-3"]  # set from the model when it loads
+        self._resolved: Resolved | None = None
 
     def stop_mode(self) -> int:
         return int(self.stop_flag.value)
@@ -116,32 +118,25 @@ class JobRunner:
         self.report({"type": "progress", "phase_progress": fraction, "phase_detail": detail})
 
     # -- steps ----------------------------------------------------------------------------------------
-    def resolve_model(self) -> str:
-        name = self.config.model.name
-        if name == EMBEDDED_MODEL:
-            from worker import embedded
+    @property
+    def resolved(self) -> Resolved:
+        """What the config points at, resolved by the same rules the API used at submission."""
+        if self._resolved is None:
+            model_dirs = [Path(d) for d in self.spec.model_dirs]
+            self._resolved = resolve(self.config, project=self.project_dir, model_dirs=model_dirs)
+        return self._resolved
 
-            return str(embedded.model_dir(Path(self.spec.cache_dir)))
-        path = files.expand_home(name)
-        local = path if path.is_absolute() else self.project_dir / path
-        if (local / "config.json").is_file():
-            return str(local)
-        if name.startswith(("/", ".", "~")):
-            raise ModelNotFound(f"model.name {name!r}: no model folder (config.json) at {local}")
-        return name  # a hub id: transformers finds it in the local cache or downloads it
+    def resolve_model(self) -> str:
+        return self.resolved.model.load_path(Path(self.spec.cache_dir))
 
     def load_test_set(self) -> list[TestExample]:
         """The test split the baseline and evaluate steps score (none when both are off)."""
         settings = self.config.evaluation
         if not (settings.baseline or settings.evaluate):
             return []
-        path = (self.project_dir / settings.test_path).resolve()
-        if not path.is_file():
-            raise DataError(
-                f"evaluation.test_path {settings.test_path!r} does not exist ({path}); run Phase 3 (split) first, "
-                "or set evaluation.baseline and evaluation.evaluate to false"
-            )
-        glossary = evaluation.load_glossary(self.project_dir / settings.glossary_path) if settings.glossary_path else []
+        path = self.resolved.test
+        assert path is not None  # the resolver requires it when the baseline or evaluate step runs
+        glossary = evaluation.load_glossary(self.resolved.glossary) if self.resolved.glossary else []
         examples = evaluation.load_test_set(path, settings, glossary)
         log.info("test set: %d examples from %s", len(examples), settings.test_path)
         return examples
@@ -269,7 +264,7 @@ class JobRunner:
         model_path = self.resolve_model()
         examples = self.prepare_export(model_path)  # a GGUF export that cannot work fails now, not after training
         try:
-            model, tokenizer = backend.load_model(model_path, self.config)
+            model, tokenizer = backend.load_model(model_path, self.config, self.resolved.template)
         except OSError as exc:
             raise ModelNotFound(
                 f"could not load model {self.config.model.name!r}: {exc}. Use {EMBEDDED_MODEL!r}, a local "
@@ -280,8 +275,8 @@ class JobRunner:
         model = backend.attach_lora(model, self.config)
 
         self.phase(JobPhase.preparing_data)
-        self.template = chat_templates.for_job(self.config, model_path)
-        data = prepare(tokenizer, self.template, self.config, self.project_dir)
+        self.template = self.resolved.template
+        data = prepare(tokenizer, self.template, self.config, self.resolved.data_files())
         dataset, eval_dataset = backend.prepare_data(data)
         log.info("data: %s", json.dumps(data.stats))
         batch = self.batch_plan(model, data.train)
@@ -416,9 +411,12 @@ class JobRunner:
             return []
         architecture = export.check_tools(model_path, self.config.model.name)
         log.info("GGUF export: %s to %s", architecture, ", ".join(self.config.save.gguf_types))
-        test_split = self.project_dir / self.config.evaluation.test_path  # the split the evaluate step scores
-        if not test_split.is_file():
-            log.warning("no test split at %s: the GGUF files are checked but their quality is not scored", test_split)
+        test_split = self.resolved.test  # the split the evaluate step scores
+        if test_split is None:
+            log.warning(
+                "no test split at %s: the GGUF files are checked but their quality is not scored",
+                self.config.evaluation.test_path,
+            )
             return []
         return export.test_examples(test_split)
 
@@ -583,9 +581,9 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
         stats["warm_start"] = warm
     except Stopped as stop:
         if stop.mode == SHUTDOWN:
-            from app.checkpoints import in_run
+            from app.run_folder import RunFolder
 
-            checkpoint = in_run(run_dir, runner.config.training.output_dir) or spec.resume_from
+            checkpoint = RunFolder(run_dir, runner.config).latest_checkpoint() or spec.resume_from
             log.info("stopped for a worker shutdown; resumes from %s", checkpoint or "the start")
             conn.send({"type": "interrupted", "checkpoint": checkpoint})
         else:

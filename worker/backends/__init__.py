@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Protocol
 
+from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
 from worker.data import Prepared
 
@@ -19,8 +20,8 @@ class BackendUnavailable(RuntimeError):
 class Backend(Protocol):
     name: str
 
-    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
-        """Base model and tokenizer (with the chat template set)."""
+    def load_model(self, model_path: str, config: TrainingConfig, template: ChatTemplate) -> tuple[Any, Any]:
+        """Base model and tokenizer, with `template` (the job's resolved chat template) installed."""
         ...
 
     def attach_lora(self, model: Any, config: TrainingConfig) -> Any: ...

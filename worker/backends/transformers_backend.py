@@ -13,8 +13,9 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
+from app.datasets import templates
+from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker import chat_templates
 from worker.backends.common import compute_dtype, target_modules
 from worker.data import Prepared
 from worker.export import merge_lora
@@ -25,7 +26,7 @@ log = logging.getLogger("forge.worker")
 class TransformersBackend:
     name = "transformers"
 
-    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
+    def load_model(self, model_path: str, config: TrainingConfig, template: ChatTemplate) -> tuple[Any, Any]:
         dtype = compute_dtype(config)
         kwargs: dict[str, Any] = {"dtype": dtype}
         self.quantized = False
@@ -44,7 +45,7 @@ class TransformersBackend:
                 log.info("load_in_4bit needs CUDA and bitsandbytes; loading %s in %s instead", model_path, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        chat_templates.install(tokenizer, chat_templates.for_job(config, model_path))
+        templates.install(tokenizer, template)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer

@@ -10,8 +10,9 @@ from trl import SFTTrainer
 from unsloth import FastModel
 from unsloth.chat_templates import get_chat_template, train_on_responses_only
 
+from app.datasets import templates
+from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker import chat_templates
 from worker.backends.common import compute_dtype, target_modules
 from worker.data import Prepared
 
@@ -20,21 +21,21 @@ class UnslothBackend:
     name = "unsloth"
 
     def __init__(self) -> None:
-        self.template = chat_templates.TEMPLATES["gemma-3"]
+        self.template = templates.TEMPLATES["gemma-3"]
 
-    def load_model(self, model_path: str, config: TrainingConfig) -> tuple[Any, Any]:
+    def load_model(self, model_path: str, config: TrainingConfig, template: ChatTemplate) -> tuple[Any, Any]:
         model, tokenizer = FastModel.from_pretrained(
             model_name=model_path,
             max_seq_length=config.model.max_seq_length,
             dtype=None if config.model.dtype is None else compute_dtype(config),
             load_in_4bit=config.model.load_in_4bit,
         )
-        self.template = chat_templates.for_job(config, model_path)
+        self.template = template
         return model, self.install_template(tokenizer)
 
     def install_template(self, tokenizer: Any) -> Any:
         """Unsloth's get_chat_template, installing the same template string the transformers backend uses."""
-        return get_chat_template(tokenizer, chat_template=chat_templates.unsloth_argument(self.template))
+        return get_chat_template(tokenizer, chat_template=templates.unsloth_argument(self.template))
 
     def attach_lora(self, model: Any, config: TrainingConfig) -> Any:
         lora = config.lora
