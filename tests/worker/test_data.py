@@ -97,7 +97,8 @@ def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_mod
             self.sent.append(message)
 
     run_dir = project / "runs" / "job1"
-    spec = JobSpec("job1", config, str(run_dir), str(project), str(Path.home() / ".cache/forge-trainer"))
+    cache = str(Path.home() / ".cache/forge-trainer")
+    spec = JobSpec("job1", config, str(run_dir), str(project), cache, model_dirs=[str(tiny_model_dir.parent)])
     stats = JobRunner(spec, Pipe(), Value("i", 0)).run()
     assert stats["data"]["format"] == "alpaca" and stats["data"]["examples"] == 48
     assert stats["data"]["eval"]["examples"] == 1
