@@ -6,39 +6,30 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
+from app.api.schemas import ArtifactRead
 from app.core.errors import NotFound
-from app.models import ArtifactRead
-
-# Files and folders named *.partial are being written, and become artifacts when renamed into place.
-PARTIAL = ".partial"
-
-_KINDS = (
-    ("models/checkpoints/lora", "lora"),
-    ("models/checkpoints/merged", "merged"),
-    ("models/quantized", "gguf"),
-    ("logs", "log"),
-    ("metrics", "metrics"),
-    ("outputs", "checkpoint"),
-)
+from app.files import PARTIAL
+from app.run_folder import RunFolder
 
 # sha256 of big files is costly: remember it per (path, size, mtime).
 _digest_cache: dict[tuple[str, int, int], str] = {}
 
 
-def run_dir(runs_root: Path, job_id: str) -> Path:
-    return runs_root / job_id
-
-
-def kind_of(name: str, save: dict[str, str | None] | None = None) -> str:
-    prefixes = list(_KINDS)
-    if save:
-        for key, kind in (("lora_path", "lora"), ("merged_path", "merged"), ("gguf_path", "gguf")):
-            if save.get(key):
-                prefixes.insert(0, (str(save[key]).strip("/"), kind))
+def kind_of(name: str, folder: RunFolder) -> str:
+    """lora, merged, gguf, checkpoint, log, metrics or other: by where in the run folder a file is."""
     if name.endswith(".gguf"):
         return "gguf"
-    for prefix, kind in prefixes:
-        if name == prefix or name.startswith(prefix + "/"):
+    places = [
+        (folder.lora, "lora"),
+        (folder.merged, "merged"),
+        (folder.gguf_dir, "gguf"),
+        (folder.logs, "log"),
+        (folder.metrics_dir, "metrics"),
+        (folder.output_dir, "checkpoint"),
+    ]
+    path = folder.root / name
+    for place, kind in places:
+        if place is not None and path.is_relative_to(place):
             return kind
     return "other"
 
@@ -54,7 +45,9 @@ def _sha256(path: Path, stat: os.stat_result) -> str:
     return _digest_cache[key]
 
 
-def listing(root: Path, save: dict[str, str | None] | None = None) -> list[ArtifactRead]:
+def listing(folder: RunFolder) -> list[ArtifactRead]:
+    """Every finished file of a run folder (no links, nothing still being written), with its kind and sha256."""
+    root = folder.root
     if not root.is_dir():
         return []
     items = []
@@ -68,7 +61,9 @@ def listing(root: Path, save: dict[str, str | None] | None = None) -> list[Artif
         if any(part.endswith(PARTIAL) for part in PurePosixPath(name).parts):
             continue  # still being written (a GGUF, a scratch merged model): not an artifact yet
         stat = path.stat()
-        items.append(ArtifactRead(name=name, kind=kind_of(name, save), bytes=stat.st_size, sha256=_sha256(path, stat)))
+        items.append(
+            ArtifactRead(name=name, kind=kind_of(name, folder), bytes=stat.st_size, sha256=_sha256(path, stat))
+        )
     return items
 
 

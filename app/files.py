@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+# Files and folders named *.partial are being written, and become artifacts when renamed into place.
+PARTIAL = ".partial"
 
 
 @contextmanager
-def atomic(target: Path, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
+def atomic(target: Path, suffix: str = PARTIAL) -> Iterator[IO[bytes]]:
     """A binary file that appears at `target` complete, or not at all: a reader sees the old one or the new one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
@@ -26,10 +30,15 @@ def atomic(target: Path, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
         raise
 
 
-def write_text(target: Path, text: str, suffix: str = ".tmp") -> None:
+def write_text(target: Path, text: str, suffix: str = PARTIAL) -> None:
     """`text` as UTF-8 at `target`, atomically."""
     with atomic(target, suffix) as handle:
         handle.write(text.encode("utf-8"))
+
+
+def write_json(target: Path, data: Any) -> None:
+    """`data` as indented JSON at `target`, atomically: a reader sees the old file or the new one, never half."""
+    write_text(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def expand_home(value: str) -> Path:

@@ -325,7 +325,7 @@ def expire_lost(
         if job.status == JobStatus.cancelling:
             status = JobStatus.cancelled
             values = {"status": status, "phase": JobPhase.done, "finished_at": now, "lease_expires_at": None}
-        elif (checkpoint or job.kind == JobKind.export) and job.config["training"].get("resume_on_worker_lost", True):
+        elif (checkpoint or job.kind == JobKind.export) and job.training_config.training.resume_on_worker_lost:
             # An export job keeps nothing between attempts: it starts over.
             status, values = JobStatus.queued, _requeued(checkpoint)
         else:

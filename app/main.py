@@ -16,13 +16,15 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import checkpoints, jobs
+from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
 from app.api.routes import datasets, training
+from app.api.status_cache import StatusCache
 from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import ForgeError
+from app.run_folder import checkpoint_finder
 
 log = logging.getLogger("forge.api")
 
@@ -67,7 +69,7 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
         try:
             with db.session() as session:
                 lost = await asyncio.to_thread(
-                    jobs.expire_lost, session, checkpoint_of=lambda job: checkpoints.for_job(settings.runs_dir, job)
+                    jobs.expire_lost, session, checkpoint_of=checkpoint_finder(settings.runs_dir)
                 )
             for job_id, status in lost:
                 log.warning("job %s lost its worker; now %s", job_id, status.value)
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = Database(settings)
-        app.state.status_cache = training_status.StatusCache(app.state.db)
+        app.state.status_cache = StatusCache(app.state.db)
         settings.runs_dir.mkdir(parents=True, exist_ok=True)
         reaper = asyncio.create_task(_reap_lost_jobs(app.state.db, settings))
         try:

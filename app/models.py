@@ -1,4 +1,5 @@
-"""Database tables, job states and API schemas shared by the API and the worker."""
+"""The job table, job states and the gate results, shared by the API and the worker (the boundary between the
+two is the database). API request and response schemas are in app/api/schemas.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, Index
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from app.training_config import TrainingConfig
 
 
 def utcnow() -> datetime:
@@ -147,32 +150,13 @@ class Job(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=255, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)
 
-
-# ---------------------------------------------------------------- API schemas
-
-
-class ErrorDetail(BaseModel):
-    param: str = PydanticField(description="The field at fault, dotted: `training.learning_rate`.")
-    message: str
-    type: str
-    # A bad dataset row (code dataset_invalid): where it is.
-    file: str | None = PydanticField(default=None, description="Dataset file, relative to the project.")
-    line: int | None = PydanticField(default=None, description="1-based line of the bad row.")
-    field: str | None = PydanticField(default=None, description="Field of the row at fault, e.g. `output`.")
+    @property
+    def training_config(self) -> TrainingConfig:
+        """The job's config as the validated model (it was validated at submission; defaults filled in)."""
+        return TrainingConfig.model_validate(self.config)
 
 
-class ErrorBody(BaseModel):
-    """Every error the API returns has this shape."""
-
-    code: str = PydanticField(description="Stable, machine-readable reason, e.g. `dataset_not_found`.")
-    message: str = PydanticField(description="What is wrong and how to fix it.")
-    param: str | None = PydanticField(description="The field, header or path part at fault, if one is.")
-    details: list[ErrorDetail] | None = PydanticField(default=None, description="Each invalid field (422).")
-
-
-class JobError(BaseModel):
-    code: str = PydanticField(description="Stable, machine-readable reason, e.g. `dataset_invalid`.")
-    message: str = PydanticField(description="What went wrong and what to do about it.")
+# ---------------------------------------------------------------- gates and evaluation, kept in a job's result
 
 
 class GateResult(BaseModel):
@@ -208,104 +192,3 @@ def evaluation_of(job: Job) -> tuple[GatesReport | None, EvaluationProgress | No
         GatesReport.model_validate(gates) if isinstance(gates, dict) else None,
         EvaluationProgress.model_validate(progress) if isinstance(progress, dict) else None,
     )
-
-
-class JobRead(BaseModel):
-    """A job as the API shows it."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    kind: JobKind = PydanticField(description="training, or export (a finished job's adapters exported again).")
-    source_job_id: str | None = PydanticField(description="For an export job: the training job it exports.")
-    status: JobStatus
-    phase: JobPhase
-    phase_progress: float | None = PydanticField(description="0-1 within the current phase, outside training.")
-    phase_detail: str | None = PydanticField(description="What the current phase is doing, e.g. which GGUF.")
-    backend: str | None = PydanticField(description="The backend that ran it, once the worker has chosen.")
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    checkpoint_at: datetime | None
-    worker_id: str | None
-    attempt: int = PydanticField(description="How many times a worker has started this job (resumes count).")
-    resume_from: str | None = PydanticField(description="Checkpoint the next attempt resumes from, if any.")
-    step: int
-    total_steps: int | None
-    epoch: float = PydanticField(description="Fractional epochs done, e.g. 1.35.")
-    total_epochs: float | None
-    loss: float | None
-    learning_rate: float | None
-    eta_seconds: float | None
-    tokens_per_second: float | None
-    error: JobError | None
-    result: dict[str, Any] | None = PydanticField(
-        description="Training statistics, baseline and evaluation metrics and gates once finished; while running, "
-        "what is known so far (the baseline's metrics, evaluation progress)."
-    )
-    evaluation: EvaluationProgress | None = PydanticField(
-        default=None, description="Progress of the baseline or evaluate step (the last one run, once finished)."
-    )
-    gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
-    config: dict[str, Any] = PydanticField(description="The training config as submitted, defaults filled in.")
-
-    @classmethod
-    def from_job(cls, job: Job) -> JobRead:
-        data = {name: getattr(job, name) for name in cls.model_fields if name not in ("error", "evaluation", "gates")}
-        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
-        gates, progress = evaluation_of(job)
-        return cls(**data, error=error, evaluation=progress, gates=gates)
-
-
-class JobPage(BaseModel):
-    items: list[JobRead]
-    total: int
-    limit: int
-    offset: int
-
-
-class TrainingStatus(BaseModel):
-    """The flat object the Forge UI's TrainingProgress.tsx polls (spec: "Integration with Forge Web UI")."""
-
-    running: bool = PydanticField(description="True while a worker is on the job (running or cancelling).")
-    step: int
-    total_steps: int
-    epoch: int = PydanticField(description="Current epoch, counted from 1 once training has started.")
-    total_epochs: int
-    loss: float | None
-    learning_rate: float | None
-    eta_seconds: int | None
-    started_at: datetime | None
-    checkpoint_at: datetime | None
-    error: str | None = PydanticField(description="A message a person can act on, or null.")
-    # Added fields (the spec allows additions; none of the above is renamed or retyped).
-    job_id: str | None = None
-    status: JobStatus | None = None
-    phase: JobPhase | None = None
-    error_code: str | None = None
-    epoch_progress: float = PydanticField(default=0.0, description="Fractional epochs done.")
-    tokens_per_second: float | None = None
-    updated_at: datetime | None = None
-    eval_loss: float | None = PydanticField(
-        default=None, description="Loss on the validation split at the end of training, when there is one."
-    )
-    evaluation: EvaluationProgress | None = PydanticField(
-        default=None, description="Baseline or evaluate step progress: test examples answered of the total."
-    )
-    gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
-    kind: JobKind | None = None
-    phase_progress: float | None = PydanticField(default=None, description="0-1 within a phase other than training.")
-    phase_detail: str | None = PydanticField(default=None, description="What that phase is doing now.")
-
-
-class ArtifactRead(BaseModel):
-    name: str = PydanticField(description="Path inside the job's run folder; use it in the download URL.")
-    kind: str = PydanticField(description="lora, merged, gguf, checkpoint, log, metrics or other.")
-    bytes: int
-    sha256: str
-
-
-class ArtifactList(BaseModel):
-    job_id: str
-    items: list[ArtifactRead]

@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlmodel import Session
 
 from app import files, jobs
-from app.core.db import Database
-from app.models import ACTIVE_STATUSES, Job, JobRead, TrainingStatus, evaluation_of
+from app.models import (
+    ACTIVE_STATUSES,
+    EvaluationProgress,
+    GatesReport,
+    Job,
+    JobKind,
+    JobPhase,
+    JobStatus,
+    evaluation_of,
+)
+
+
+class TrainingStatus(BaseModel):
+    """The flat object the Forge UI's TrainingProgress.tsx polls (spec: "Integration with Forge Web UI")."""
+
+    running: bool = PydanticField(description="True while a worker is on the job (running or cancelling).")
+    step: int
+    total_steps: int
+    epoch: int = PydanticField(description="Current epoch, counted from 1 once training has started.")
+    total_epochs: int
+    loss: float | None
+    learning_rate: float | None
+    eta_seconds: int | None
+    started_at: datetime | None
+    checkpoint_at: datetime | None
+    error: str | None = PydanticField(description="A message a person can act on, or null.")
+    # Added fields (the spec allows additions; none of the above is renamed or retyped).
+    job_id: str | None = None
+    status: JobStatus | None = None
+    phase: JobPhase | None = None
+    error_code: str | None = None
+    epoch_progress: float = PydanticField(default=0.0, description="Fractional epochs done.")
+    tokens_per_second: float | None = None
+    updated_at: datetime | None = None
+    eval_loss: float | None = PydanticField(
+        default=None, description="Loss on the validation split at the end of training, when there is one."
+    )
+    evaluation: EvaluationProgress | None = PydanticField(
+        default=None, description="Baseline or evaluate step progress: test examples answered of the total."
+    )
+    gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
+    kind: JobKind | None = None
+    phase_progress: float | None = PydanticField(default=None, description="0-1 within a phase other than training.")
+    phase_detail: str | None = PydanticField(default=None, description="What that phase is doing now.")
 
 
 def idle() -> TrainingStatus:
@@ -35,7 +78,7 @@ def of_job(job: Job | None) -> TrainingStatus:
     if job is None:
         return idle()
     gates, progress = evaluation_of(job)
-    total_epochs = job.total_epochs if job.total_epochs is not None else job.config["training"]["num_train_epochs"]
+    total_epochs = job.total_epochs if job.total_epochs is not None else job.training_config.training.num_train_epochs
     # The UI shows "epoch N of M": N counts from 1 once a step has run (45/100 steps of 3 epochs -> epoch 2).
     epoch = min(math.ceil(job.epoch - 1e-9), math.ceil(total_epochs)) if job.step > 0 else 0
     return TrainingStatus(
@@ -76,55 +119,3 @@ def refresh_file(session: Session, path: Path) -> TrainingStatus:
     current = of_job(jobs.current(session))
     write_file(path, current)
     return current
-
-
-class StatusCache:
-    """The answers of GET /api/training and GET /jobs/{id}, kept in memory until the database changes.
-
-    The Forge UI polls; hundreds of pollers would otherwise each cost a query and a serialisation. SQLite's
-    `PRAGMA data_version` changes whenever another connection commits (a worker's progress, a heartbeat, the
-    API's own writes through its pool), so one pragma on a read-only connection kept for it says whether the
-    cached bytes are still true. The version is read before the query: a commit racing the query can only make
-    the next request refresh again, never serve an older state. Databases other than a SQLite file are not cached.
-    """
-
-    MAX_JOBS = 1024
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        url = make_url(db.url)
-        self._probe: sqlite3.Connection | None = None
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            self._probe = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True, check_same_thread=False)
-        self._version: int | None = None
-        self._status: bytes | None = None
-        self._jobs: dict[str, bytes] = {}
-
-    def _check(self) -> None:
-        version = self._probe.execute("PRAGMA data_version").fetchone()[0] if self._probe else None
-        if version is None or version != self._version:
-            self._version, self._status = version, None
-            self._jobs.clear()
-
-    def status(self) -> bytes:
-        self._check()
-        if self._status is None:
-            with self._db.session() as session:
-                self._status = of_job(jobs.current(session)).model_dump_json().encode()
-        return self._status
-
-    def job(self, job_id: str) -> bytes:
-        """JobRead of one job as JSON; NotFound as jobs.get raises it."""
-        self._check()
-        body = self._jobs.get(job_id)
-        if body is None:
-            with self._db.session() as session:
-                body = JobRead.from_job(jobs.get(session, job_id)).model_dump_json().encode()
-            if len(self._jobs) >= self.MAX_JOBS:
-                self._jobs.clear()
-            self._jobs[job_id] = body
-        return body
-
-    def close(self) -> None:
-        if self._probe is not None:
-            self._probe.close()

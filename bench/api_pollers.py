@@ -105,8 +105,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
+    from app import embedded
     from app.demo_data import write_splits
-    from worker import embedded
 
     cache = Path(os.environ.get("FORGE_CACHE_DIR", Path.home() / ".cache" / "forge-trainer"))
     work = Path(tempfile.mkdtemp(prefix="forge-bench-api-"))

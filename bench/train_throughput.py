@@ -272,8 +272,8 @@ def main() -> None:
         (a.work / f"{a.one}.json").write_text(json.dumps(result))
         return
 
+    from app import embedded
     from bench.shapes import build
-    from worker import embedded
 
     a.work = (a.work or Path(tempfile.mkdtemp(prefix="forge-bench-train-"))).resolve()
     a.work.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    from worker import embedded
+    from app import embedded
 
     return embedded.tokenizer_dir(cache_dir())
 

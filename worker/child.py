@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.models import JobKind
+from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
 from worker import devices
 from worker.protocol import Failed, Interrupted, JobSpec, StopMode, Stopped, StopRequested, Succeeded
@@ -68,8 +69,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 
 def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
     """Run one job and send its outcome; True when this process is fit for another job."""
-    run_dir = Path(spec.run_dir)
-    handler = _setup_logging(run_dir)
+    run = RunFolder(Path(spec.run_dir), TrainingConfig.model_validate(spec.config))
+    handler = _setup_logging(run.log_file)
     reporter = Reporter(conn, stop_flag)
     reusable = False
     try:
@@ -77,10 +78,7 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
         stats["warm_start"] = warm
     except StopRequested as stop:
         if stop.mode == StopMode.SHUTDOWN:
-            from app.checkpoints import in_run
-
-            output_dir = TrainingConfig.model_validate(spec.config).training.output_dir
-            checkpoint = in_run(run_dir, output_dir) or spec.resume_from
+            checkpoint = run.latest_checkpoint() or spec.resume_from
             log.info("stopped for a worker shutdown; resumes from %s", checkpoint or "the start")
             conn.send(Interrupted(checkpoint))
         else:
@@ -118,10 +116,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "training_failed", f"{name}: {exc}"
 
 
-def _setup_logging(run_dir: Path) -> logging.Handler:
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "training.log")
+def _setup_logging(log_file: Path) -> logging.Handler:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.datasets.check import files
 from app.datasets.encoding import Encoded
 from app.datasets.templates import ChatTemplate
-from app.datasets.validation import FileReport, Lengths, Rules, check
+from app.datasets.validation import FileReport, Rules, TokenLengths, validate_files
 from app.training_config import TrainingConfig
 
 
@@ -43,11 +42,12 @@ def _counts(report: FileReport) -> dict[str, Any]:
     }
 
 
-def prepare(tokenizer: Any, template: ChatTemplate, config: TrainingConfig, project_dir: Path) -> Prepared:
-    """Validated, templated (with the template installed on `tokenizer`) and tokenized train and eval rows."""
-    checked = check(
-        files(config, project_dir), Rules.of(config), template, Lengths(tokenizer, template, chat_template=None)
-    )
+def prepare(
+    tokenizer: Any, template: ChatTemplate, config: TrainingConfig, files: list[tuple[str, Path, str]]
+) -> Prepared:
+    """`files` (app.resolve: the training and validation files) validated, templated (with the template
+    installed on `tokenizer`) and tokenized: train and eval rows."""
+    checked = validate_files(files, Rules.of(config), template, TokenLengths(tokenizer, template, chat_template=None))
     if not checked.report.ok:
         raise DataError(checked.report.message)
     train = checked.results["dataset.path"]

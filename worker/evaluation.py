@@ -288,15 +288,6 @@ def score_stage(
 # ------------------------------------------------------------------------------------------------- files
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    files.write_text(path, text)
-
-
 def write_samples(path: Path, stage: str, rows: list[dict[str, Any]]) -> None:
     """Replace one stage's rows in samples.jsonl (baseline, evaluate, inference), keeping the other stages'."""
     kept = []
@@ -310,4 +301,4 @@ def write_samples(path: Path, stage: str, rows: list[dict[str, Any]]) -> None:
         ]
     order = {"baseline": 0, "evaluate": 1, "inference": 2}
     merged = sorted(kept + [{"stage": stage, **row} for row in rows], key=lambda r: order.get(r["stage"], 3))
-    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged))
+    files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged))

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.artifacts import PARTIAL
+from app.files import write_json
 from app.models import GateResult
+from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
 from worker import devices, evaluation
 from worker.evaluation import Conversation, TestExample
@@ -109,14 +110,6 @@ def merge_lora(base_path: str, lora_path: Path, out_dir: Path, tokenizer: Any = 
     (tokenizer or AutoTokenizer.from_pretrained(lora_path)).save_pretrained(out_dir)
 
 
-def merged_dir(config: TrainingConfig, run_dir: Path) -> Path | None:
-    """Where the merged model goes: save.merged_path, or a scratch folder when only GGUF files are wanted."""
-    save = config.save
-    if save.merged_path:
-        return run_dir / save.merged_path
-    return run_dir / f"models/merged{PARTIAL}" if save.gguf_types else None
-
-
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -190,7 +183,7 @@ def reference_score(
 
 def export_gguf(
     config: TrainingConfig,
-    run_dir: Path,
+    run: RunFolder,
     merged: Path,
     examples: Sequence[TestExample],
     stop_word: str,
@@ -200,8 +193,8 @@ def export_gguf(
     """export -> verify -> gate: GGUF files of the merged model, each loaded by llama.cpp and scored against it
     on the test split (metrics/quantization.json)."""
     save = config.save
-    assert save.gguf_path is not None
-    written = write_ggufs(merged, run_dir / save.gguf_path, save.gguf_types, tracker, check_stop)
+    assert run.gguf_dir is not None
+    written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
     reference, reference_sample = reference_score(merged, examples, stop_word, tracker, check_stop)
     checked = verify_ggufs(
         written,
@@ -212,7 +205,7 @@ def export_gguf(
         check_stop=check_stop,
     )
     for item in checked:
-        item["path"] = (Path(save.gguf_path) / item.pop("file")).as_posix()
+        item["path"] = run.relative(run.gguf_dir / item.pop("file"))
     max_drop = config.gates.quantization_max_drop
     verdicts = judge_files(reference, checked, max_drop, save.max_gguf_bytes)
     gate = quantization_gate(reference, verdicts, max_drop)
@@ -230,7 +223,7 @@ def export_gguf(
         "max_new_tokens": EVAL_MAX_NEW_TOKENS,
         "reference": {"model": "merged", "score": reference, "sample": reference_sample},
     }
-    evaluation.write_json(run_dir / "metrics" / "quantization.json", report)
+    write_json(run.quantization, report)
     result = GgufExport([item["path"] for item in verdicts], gate)
     log.info("%s: %s (%s)", gate.name.value, gate.status.value, json.dumps(result.summary))
     return result

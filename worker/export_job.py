@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.files import write_json
 from app.models import JobPhase
-from app.training_config import TrainingConfig
-from worker import evaluation, export
+from app.run_folder import RunFolder
+from worker import export
 from worker.gguf import ExportError
 from worker.protocol import JobSpec
 from worker.reporter import Reporter
@@ -19,48 +20,39 @@ from worker.setup import Setup
 class ExportJob:
     def __init__(self, spec: JobSpec, reporter: Reporter) -> None:
         self.spec = spec
-        self.config = TrainingConfig.model_validate(spec.config)
-        self.run_dir = Path(spec.run_dir)
         self.reporter = reporter
 
     def run(self) -> dict[str, Any]:
         """merge -> export -> verify -> gate; the stats of metrics/export-stats.json."""
         started = time.monotonic()
-        save = self.config.save
         self.reporter.phase(JobPhase.exporting)
-        setup = Setup.of(self.spec, self.config)
-        lora_path = Path(self.spec.source_run_dir or "") / save.lora_path
+        setup = Setup.of(self.spec)
+        config, run, save = setup.config, setup.run, setup.config.save
+        lora_path = RunFolder(Path(self.spec.source_run_dir or ""), config).lora  # the training job's adapters
         if not (lora_path / "adapter_config.json").is_file():
             raise ExportError(
                 f"no LoRA adapters at {lora_path} (adapter_config.json): the source job's files were removed; "
                 "train the job again"
             )
-        export.preflight(self.config, setup.model_path)
-        examples = export.gate_examples(self.config, setup.gguf_test_split())
+        export.preflight(config, setup.model_path)
+        examples = export.gate_examples(config, setup.test_split())
         tracker = export.Tracker.planned(self.reporter.phase_progress, save.gguf_types, merging=True, scoring=examples)
-        merged = export.merged_dir(self.config, self.run_dir)
+        merged = run.merged_or_scratch
         assert merged is not None  # ExportRequest asks for a merged model or GGUF files
         exports: dict[str, Any] = {}
-        stats: dict[str, Any] = {"kind": "export", "model": self.config.model.name, "model_path": setup.model_path}
+        stats: dict[str, Any] = {"kind": "export", "model": config.model.name, "model_path": setup.model_path}
         try:
             tracker.stage("merge", "merging the LoRA adapters into the base model")
             export.merge_lora(setup.model_path, lora_path, merged)
             if save.merged_path:
                 exports["merged"] = save.merged_path
             if save.gguf_types:
-                gguf = export.export_gguf(
-                    self.config,
-                    self.run_dir,
-                    merged,
-                    examples,
-                    setup.template.stop_word,
-                    tracker,
-                    self.reporter.check_stop,
-                )
+                stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
+                gguf = export.export_gguf(config, run, merged, examples, stop_word, tracker, check_stop)
                 exports["gguf"], stats["quantization"] = gguf.files, gguf.summary
         finally:
             if not save.merged_path:
                 export.remove_tree(merged)
         stats.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
-        evaluation.write_json(self.run_dir / "metrics" / "export-stats.json", stats)
+        write_json(run.export_stats, stats)
         return stats

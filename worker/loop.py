@@ -13,11 +13,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from app import checkpoints, jobs
+from app import jobs
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
+from app.run_folder import RunFolder, checkpoint_finder
 from worker.child import child_main
 from worker.protocol import (
     BackendChosen,
@@ -106,11 +107,11 @@ class Worker:
         return done
 
     def checkpoint_of(self, job: Job) -> str | None:
-        return checkpoints.for_job(self.settings.runs_dir, job)
+        return checkpoint_finder(self.settings.runs_dir)(job)
 
     # -- one job --------------------------------------------------------------------------------------
     def run_job(self, job: Job) -> None:
-        run_dir = self.settings.runs_dir / job.id
+        run_dir = RunFolder.of(self.settings.runs_dir, job).root
         run_dir.mkdir(parents=True, exist_ok=True)
         log.info(
             "job %s: claimed (attempt %d)%s",
@@ -128,8 +129,9 @@ class Worker:
             resume_from=job.resume_from,
             kind=job.kind.value,
             source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
+            model_dirs=[str(d) for d in self.settings.model_dirs],
         )
-        child = self._child_for(str(job.config.get("backend", "auto")))
+        child = self._child_for(job.training_config.backend)
         child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
         ending = self._supervise(job, child.process, child.conn, child.stop_flag)

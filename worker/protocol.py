@@ -8,7 +8,7 @@ callback send nothing else. They travel pickled through a multiprocessing pipe.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.models import JobKind
@@ -34,6 +34,7 @@ class JobSpec:
     resume_from: str | None = None  # a checkpoint folder relative to run_dir
     kind: str = JobKind.training.value
     source_run_dir: str | None = None  # an export job's source: the training job's run folder
+    model_dirs: list[str] = field(default_factory=list)  # FORGE_MODEL_DIRS, where a model folder may be
 
 
 # -- from the training process to the worker ------------------------------------------------------------------

@@ -17,7 +17,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.datasets.templates import ChatTemplate
+from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
+from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
 from worker import batch_size, devices, evaluation, export, gates
 from worker.backends import Backend
@@ -27,17 +29,13 @@ from worker.evaluation import TestExample
 from worker.export import GgufExport
 from worker.protocol import BackendChosen, CheckpointSaved, JobSpec, StopRequested
 from worker.reporter import Reporter
-from worker.setup import ModelNotFound, Setup
+from worker.setup import Setup
 
 log = logging.getLogger("forge.worker.job")
 
-# Files of the steps, in the run folder.
-METRICS_FILES = {"baseline": "metrics/baseline.json", "evaluate": "metrics/evaluation.json"}
-SAMPLES_FILE = "metrics/samples.jsonl"
-GATES_FILE = "metrics/gates.json"
-BATCH_FILE = "metrics/batch-size.json"
-LOSS_PLOT = "metrics/loss.png"
-STATS_FILE = "metrics/training-stats.json"
+
+class ModelNotFound(RuntimeError):
+    code = "model_not_found"
 
 
 class Diverged(RuntimeError):
@@ -114,14 +112,14 @@ class LoraRecipe:
     def __init__(self, spec: JobSpec, reporter: Reporter) -> None:
         self.spec = spec
         self.config = TrainingConfig.model_validate(spec.config)
-        self.run_dir = Path(spec.run_dir)
+        self.folder = RunFolder(Path(spec.run_dir), self.config)
         self.reporter = reporter
 
     def run(self) -> JobResult:
         """The spec's steps, in order."""
         started = time.monotonic()
         backend = self.choose_backend()
-        setup = Setup.of(self.spec, self.config)
+        setup = Setup.of(self.spec)
         model, tokenizer = self.load_model(backend, setup)
         model = self.attach_lora(backend, model)
         data = self.prepare_data(backend, model, tokenizer, setup)
@@ -168,7 +166,7 @@ class LoraRecipe:
 
     def prepare_data(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Data:
         self.reporter.phase(JobPhase.preparing_data)
-        prepared = prepare(tokenizer, setup.template, self.config, setup.project_dir)
+        prepared = prepare(tokenizer, setup.template, self.config, setup.resolved.data_files())
         train, eval_ = backend.prepare_data(prepared)
         log.info("data: %s", json.dumps(prepared.stats))
         batch = self.batch_plan(model, prepared.train)
@@ -181,7 +179,7 @@ class LoraRecipe:
         """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
         if not self.config.evaluation.baseline:
             return None
-        done = self.run_dir / METRICS_FILES["baseline"]
+        done = self.folder.metrics("baseline")
         if self.spec.resume_from and done.is_file():
             report: dict[str, Any] = json.loads(done.read_text())  # a resumed job keeps its first baseline
             log.info("baseline: kept from the first attempt")
@@ -200,10 +198,10 @@ class LoraRecipe:
         from worker.training_args import sft_config
 
         progress = ProgressCallback(self.reporter.send, self.reporter.stop_mode)
-        args = sft_config(self.config, self.run_dir, data.batch, evaluate=data.eval is not None)
+        args = sft_config(self.config, self.folder.output_dir, data.batch, evaluate=data.eval is not None)
         trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress], data.eval)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
-        resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None
+        resume = str(self.folder.root / self.spec.resume_from) if self.spec.resume_from else None
         if resume:
             log.info("resuming from %s", resume)
         output = trainer.train(resume_from_checkpoint=resume)
@@ -212,7 +210,7 @@ class LoraRecipe:
         if progress.stopped_by is not None:
             raise StopRequested(progress.stopped_by)
         history = [dict(entry) for entry in trainer.state.log_history]
-        write_loss_plot(history, self.run_dir / LOSS_PLOT, title=f"{self.config.model.name}: training loss")
+        write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
         state = trainer.state
         seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         return Trained(
@@ -222,10 +220,10 @@ class LoraRecipe:
     def save(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Saved:
         self.reporter.phase(JobPhase.saving)
         save = self.config.save
-        lora_path = self.run_dir / save.lora_path
+        lora_path = self.folder.lora
         backend.save_lora(model, tokenizer, str(lora_path))
         self.reporter.send(CheckpointSaved())
-        saved = Saved({"lora": save.lora_path}, export.merged_dir(self.config, self.run_dir))
+        saved = Saved({"lora": save.lora_path}, self.folder.merged_or_scratch)
         if saved.merged is not None:
             backend.save_merged(model, tokenizer, str(saved.merged), setup.model_path, str(lora_path))
             if save.merged_path:
@@ -251,7 +249,7 @@ class LoraRecipe:
         tracker = export.Tracker.planned(progress, save.gguf_types, merging=False, scoring=examples)
         try:
             stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
-            return export.export_gguf(self.config, self.run_dir, saved.merged, examples, stop_word, tracker, check_stop)
+            return export.export_gguf(self.config, self.folder, saved.merged, examples, stop_word, tracker, check_stop)
         finally:
             if not save.merged_path:
                 export.remove_tree(saved.merged)
@@ -262,7 +260,7 @@ class LoraRecipe:
         """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
         losses = [float(entry["loss"]) for entry in history if "loss" in entry]
         result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
-        evaluation.write_json(self.run_dir / GATES_FILE, result.model_dump(mode="json"))
+        write_json(self.folder.gates, result.model_dump(mode="json"))
         for gate in result.gates:
             log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
         self.reporter.publish(gates=result.model_dump(mode="json"))
@@ -272,18 +270,18 @@ class LoraRecipe:
     def batch_plan(self, model: Any, rows: list[Any]) -> BatchPlan:
         """The configured batch, or with `auto` the largest whose training step fits, measured now (a resumed job
         keeps its first attempt's, so its checkpoint goes on with the same steps)."""
-        done = self.run_dir / BATCH_FILE
+        done = self.folder.batch_size
         if self.spec.resume_from and done.is_file():
             plan = BatchPlan.from_dict(json.loads(done.read_text()))
             log.info("batch size: kept from the first attempt")
         else:
             plan = batch_size.plan(self.config, model, rows, self.reporter.phase_progress)
             if plan.auto:
-                evaluation.write_json(done, plan.as_dict())
+                write_json(done, plan.as_dict())
         self.reporter.publish(batch_size=plan.as_dict())
         return plan
 
-    def score_model(self, stage: str, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict[str, Any]:
+    def score_model(self, stage: Stage, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict[str, Any]:
         """The model on the test split (metrics/<stage>.json, its answers in samples.jsonl)."""
 
         def progress(done: int, total: int) -> None:
@@ -298,10 +296,10 @@ class LoraRecipe:
             )
         finally:
             backend.for_training(model, self.config)
-        evaluation.write_json(self.run_dir / METRICS_FILES[stage], scored.report)
-        evaluation.write_samples(self.run_dir / SAMPLES_FILE, stage, scored.samples)
+        write_json(self.folder.metrics(stage), scored.report)
+        evaluation.write_samples(self.folder.samples, stage, scored.samples)
         if scored.inference:
-            evaluation.write_samples(self.run_dir / SAMPLES_FILE, "inference", scored.inference)
+            evaluation.write_samples(self.folder.samples, "inference", scored.inference)
         log.info("%s: %s", stage, json.dumps(scored.report["metrics"]))
         return scored.report
 
@@ -336,7 +334,7 @@ class LoraRecipe:
         update.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
         result = result.model_copy(update={**update, **self.reporter.partial})
         stats = result.as_stats()
-        evaluation.write_json(self.run_dir / STATS_FILE, stats)
+        write_json(self.folder.training_stats, stats)
         failed = [g for g in report.gates if g.status == GateStatus.failed]
         if failed and report.required:
             self.reporter.publish(**{k: v for k, v in stats.items() if k != "log_history"})

@@ -24,14 +24,14 @@ def optimizer(name: str) -> str:
     return name
 
 
-def sft_config(config: TrainingConfig, run_dir: Path, batch: BatchPlan, evaluate: bool = False) -> SFTConfig:
+def sft_config(config: TrainingConfig, output_dir: Path, batch: BatchPlan, evaluate: bool = False) -> SFTConfig:
     """`batch`: the batch and accumulation to train with (worker.batch_size); `evaluate`: there is a validation
     set, whose loss is computed every eval_steps, or at each epoch's end."""
     t = config.training
     dtype = compute_dtype(config.model.dtype)
     cuda = torch.cuda.is_available()
     return SFTConfig(
-        output_dir=str(run_dir / t.output_dir),
+        output_dir=str(output_dir),
         per_device_train_batch_size=batch.per_device_train_batch_size,
         per_device_eval_batch_size=batch.per_device_train_batch_size,
         eval_strategy=("steps" if t.eval_steps else "epoch") if evaluate else "no",

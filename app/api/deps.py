@@ -1,19 +1,30 @@
-"""Request dependencies: the database session and bearer-token auth."""
+"""What the route modules share: request dependencies (database session, settings, bearer-token auth), the
+submission check of a config, and the OpenAPI description of error responses."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from app.api.schemas import ErrorBody
+from app.api.status_cache import StatusCache
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import Unauthorized
-from app.status import StatusCache
+from app.datasets import job_data
+from app.resolve import Resolved, resolve
+from app.training_config import TrainingConfig
+
+
+def error_responses(**codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error codes given as e404="why", all in the one error shape."""
+    return {int(code.removeprefix("e")): {"model": ErrorBody, "description": text} for code, text in codes.items()}
+
 
 _bearer = HTTPBearer(auto_error=False, description="Set when the server has FORGE_API_TOKEN.")
 
@@ -59,3 +70,17 @@ async def require_token(
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]
+
+
+def resolve_config(settings: Settings, config: TrainingConfig) -> Resolved:
+    """The files and model a config names, by the worker's own rules (422 naming the key at fault)."""
+    return resolve(config, project=settings.resolved_project_dir, model_dirs=settings.model_dirs)
+
+
+def resolve_and_validate(settings: Settings, config: TrainingConfig) -> Resolved:
+    """What a submission checks before a GPU minute is spent: every file there, every row of the data valid."""
+    resolved = resolve_config(settings, config)
+    report = job_data.validate(config, resolved, settings.cache_dir).report
+    if not report.ok:
+        raise job_data.as_error(report)
+    return resolved

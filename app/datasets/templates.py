@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # google/gemma-3-*-it: the system prompt is folded into the first user turn, the assistant speaks as `model`,
 # contents are trimmed, and every turn ends with `<end_of_turn>\n`.
@@ -421,3 +422,14 @@ def infer(model_name: str, model_dir: Path | None = None) -> str | None:
             return None
         return _MODEL_TYPES.get(str(model_type))
     return None
+
+
+def install(tokenizer: Any, template: ChatTemplate) -> Any:
+    """The transformers way: the template string on the tokenizer (saved with the adapters and merged model)."""
+    tokenizer.chat_template = template.jinja
+    return tokenizer
+
+
+def unsloth_argument(template: ChatTemplate) -> str | tuple[str, str]:
+    """What to give Unsloth's get_chat_template so it installs the same string (see the ChatTemplate notes)."""
+    return template.unsloth_name or (template.jinja, template.stop_word)

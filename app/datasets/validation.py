@@ -95,7 +95,7 @@ class Rules:
 
 
 @dataclass
-class Lengths:
+class TokenLengths:
     """A tokenizer and template to measure rows with; `chat_template` None uses the tokenizer's own."""
 
     tokenizer: Any
@@ -111,9 +111,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle, start=1)
 
 
-class _Checker:
+class _FileValidator:
     def __init__(
-        self, shown: str, param: str, rules: Rules, template: ChatTemplate | None, lengths: Lengths | None
+        self, shown: str, param: str, rules: Rules, template: ChatTemplate | None, lengths: TokenLengths | None
     ) -> None:
         self.shown, self.param, self.rules, self.lengths = shown, param, rules, lengths
         self.control = template.control_tokens if template else ()
@@ -297,23 +297,23 @@ def _verdict(report: FileReport, rules: Rules) -> str | None:
 
 
 @dataclass
-class Checked:
+class Validated:
     report: Report
     results: dict[str, FileResult]  # by param
 
 
-def check(
+def validate_files(
     files: list[tuple[str, Path, str]],
     rules: Rules,
     template: ChatTemplate | None,
-    lengths: Lengths | None,
+    lengths: TokenLengths | None,
     note: str | None = None,
-) -> Checked:
+) -> Validated:
     """Validate (param, path, shown name) files in order; a later file's rows are also compared with earlier ones."""
     results: dict[str, FileResult] = {}
     seen: dict[str, tuple[str, int]] = {}
     for param, path, shown in files:
-        result, keys = _Checker(shown, param, rules, template, lengths).run(path, seen)
+        result, keys = _FileValidator(shown, param, rules, template, lengths).run(path, seen)
         seen.update({key: (shown, line) for key, line in keys.items() if key not in seen})
         results[param] = result
     verdicts = [v for v in (_verdict(r.report, rules) for r in results.values()) if v]
@@ -328,7 +328,7 @@ def check(
             tokens = f", {r.total_tokens} tokens" if r.total_tokens is not None else ""
             parts.append(f"{r.file}: {r.used} of {r.rows} rows used{dropped}{cut}{tokens}")
         message = "; ".join(parts)
-    return Checked(
+    return Validated(
         Report(
             ok=not verdicts,
             message=message,

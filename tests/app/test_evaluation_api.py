@@ -9,9 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import status
+from app.api.schemas import JobRead
 from app.core.config import Settings
 from app.main import create_app
-from app.models import Job, JobPhase, JobRead, JobStatus
+from app.models import Job, JobPhase, JobStatus
 from app.training_config import TrainingConfig
 from tests.conftest import tiny_config
 

@@ -43,7 +43,7 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
     baseline = job["result"]["baseline"]["metrics"]
     assert 0 < baseline["test_loss"] < 20 and baseline["perplexity"] > 1  # a real model, not a random one
 
-    from worker import embedded
+    from app import embedded
 
     base_dir = embedded.model_dir(cache_dir())
     run = project / "runs" / job_id / "models" / "checkpoints"

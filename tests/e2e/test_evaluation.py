@@ -105,9 +105,9 @@ def test_baseline_is_the_untrained_model(processes: Processes, project: Path, ti
     """With no training the fine-tuned model is the base model: both steps must score it the same."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from app.datasets.templates import TEMPLATES
     from app.training_config import EvaluationSection
     from worker import evaluation as ev
-    from worker.chat_templates import TEMPLATES
 
     client = httpx.Client(base_url=processes.api(), timeout=60)
     processes.worker()

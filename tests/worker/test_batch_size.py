@@ -30,12 +30,12 @@ def job(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     write_splits(project / "data", sizes=(48, 8, 8))
     config = auto_config(tiny_model_dir)
     backend = TransformersBackend()
-    from worker import chat_templates
+    from app.resolve import data_files, model_source, template_for
 
-    template = chat_templates.for_job(config, str(tiny_model_dir))
+    template = template_for(config, model_source(str(tiny_model_dir), project, [tiny_model_dir.parent]))
     model, tokenizer = backend.load_model(str(tiny_model_dir), config, template)
     model = backend.attach_lora(model, config)
-    data = prepare(tokenizer, template, config, project)
+    data = prepare(tokenizer, template, config, data_files(config, project))
     return model, data.train
 
 

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from app.core.errors import InvalidInput
 from app.datasets.templates import TEMPLATES
+from app.resolve import data_files
 from app.training_config import TrainingConfig
 from tests.conftest import tiny_config
 from worker.data import DataError, prepare
@@ -24,7 +25,7 @@ def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 def test_train_and_val_are_prepared_with_counts(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     config = TrainingConfig.model_validate(tiny_config(tiny_model_dir))
-    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, data_files(config, project))
     assert len(data.train) == 48 and data.eval is not None and len(data.eval) == 8
     stats = data.stats
     assert stats["chat_template"] == "gemma-3" and stats["file"] == "data/splits/train.jsonl"
@@ -42,16 +43,16 @@ def test_bad_rows_are_dropped_within_the_limit_and_counted(project: Path, tiny_m
         handle.write('{"conversations": [{"role": "user", "content": "no answer"}]}\n')
     config = TrainingConfig.model_validate(tiny_config(tiny_model_dir))
     with pytest.raises(DataError, match=r"1 of 49 rows in data/splits/train.jsonl are bad: .*train.jsonl:49"):
-        prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+        prepare(tokenizer, TEMPLATES["gemma-3"], config, data_files(config, project))
     config.dataset.invalid_rows = "drop"
-    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, data_files(config, project))
     assert (data.stats["examples"], data.stats["dropped"]) == (48, 1)
 
 
 def test_long_rows_are_truncated_and_counted(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     config = TrainingConfig.model_validate(tiny_config(tiny_model_dir) | {"dataset": {"val_path": None}})
     config.model.max_seq_length = 70  # the longest rows run to 80 tokens, but every answer starts by token 60
-    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+    data = prepare(tokenizer, TEMPLATES["gemma-3"], config, data_files(config, project))
     assert data.eval is None and data.stats["eval"] is None
     assert data.stats["truncated"] > 0 and all(len(row.input_ids) <= 70 for row in data.train)
     assert data.stats["total_tokens"] == sum(len(row.input_ids) for row in data.train)
@@ -60,7 +61,7 @@ def test_long_rows_are_truncated_and_counted(project: Path, tiny_model_dir: Path
 def test_a_missing_val_file_named_explicitly_is_an_error(project: Path, tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
     config = TrainingConfig.model_validate(tiny_config(tiny_model_dir) | {"dataset": {"val_path": "data/nope.jsonl"}})
     with pytest.raises(InvalidInput) as info:
-        prepare(tokenizer, TEMPLATES["gemma-3"], config, project)
+        prepare(tokenizer, TEMPLATES["gemma-3"], config, data_files(config, project))
     assert info.value.code == "dataset_not_found" and info.value.param == "dataset.val_path"
 
 
@@ -98,7 +99,8 @@ def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_mod
             self.sent.append(message)
 
     run_dir = project / "runs" / "job1"
-    spec = JobSpec("job1", config, str(run_dir), str(project), str(Path.home() / ".cache/forge-trainer"))
+    cache = str(Path.home() / ".cache/forge-trainer")
+    spec = JobSpec("job1", config, str(run_dir), str(project), cache, model_dirs=[str(tiny_model_dir.parent)])
     stats = LoraRecipe(spec, Reporter(Pipe(), Value("i", 0))).run().as_stats()
     assert stats["data"]["format"] == "alpaca" and stats["data"]["examples"] == 48
     assert stats["data"]["eval"]["examples"] == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.datasets.templates import TEMPLATES
 from app.training_config import EvaluationSection
 from worker import evaluation
-from worker.chat_templates import TEMPLATES
 from worker.data import DataError
 
 

@@ -47,7 +47,8 @@ def test_unsloth_and_transformers_masks_are_identical(name: str, tokenizer_dir: 
     import unsloth  # noqa: F401  (before transformers, trl and peft)
     from unsloth.chat_templates import train_on_responses_only
 
-    from worker import chat_templates
+    from app.datasets import templates
+    from app.resolve import data_files
     from worker.backends.transformers_backend import TransformersBackend
     from worker.backends.unsloth_backend import UnslothBackend
     from worker.data import prepare
@@ -72,7 +73,7 @@ def test_unsloth_and_transformers_masks_are_identical(name: str, tokenizer_dir: 
     unsloth_backend = UnslothBackend()
     unsloth_backend.template = template
     unsloth_tokenizer = unsloth_backend.install_template(stand_in_tokenizer(tokenizer_dir, name))
-    unsloth_data = prepare(unsloth_tokenizer, template, config, tmp_path)
+    unsloth_data = prepare(unsloth_tokenizer, template, config, data_files(config, tmp_path))
     unsloth_train, _ = unsloth_backend.prepare_data(unsloth_data)
     mask = train_on_responses_only(
         None,
@@ -83,8 +84,8 @@ def test_unsloth_and_transformers_masks_are_identical(name: str, tokenizer_dir: 
     )
     unsloth_labels = mask({"input_ids": unsloth_train["input_ids"]})["labels"]
 
-    hf_tokenizer = chat_templates.install(stand_in_tokenizer(tokenizer_dir, name), template)
-    hf_data = prepare(hf_tokenizer, template, config, tmp_path)
+    hf_tokenizer = templates.install(stand_in_tokenizer(tokenizer_dir, name), template)
+    hf_data = prepare(hf_tokenizer, template, config, data_files(config, tmp_path))
     hf_train, _ = TransformersBackend().prepare_data(hf_data)
 
     texts = [

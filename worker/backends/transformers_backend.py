@@ -13,9 +13,9 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTTrainer
 
+from app.datasets import templates
 from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker import chat_templates
 from worker.backends.common import target_modules
 from worker.data import Prepared
 from worker.devices import compute_dtype
@@ -46,7 +46,7 @@ class TransformersBackend:
                 log.info("load_in_4bit needs CUDA and bitsandbytes; loading %s in %s instead", model_path, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        chat_templates.install(tokenizer, template)
+        templates.install(tokenizer, template)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer

@@ -10,9 +10,9 @@ from trl import SFTTrainer
 from unsloth import FastModel
 from unsloth.chat_templates import get_chat_template, train_on_responses_only
 
+from app.datasets import templates
 from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker import chat_templates
 from worker.backends.common import target_modules
 from worker.data import Prepared
 from worker.devices import compute_dtype
@@ -22,7 +22,7 @@ class UnslothBackend:
     name = "unsloth"
 
     def __init__(self) -> None:
-        self.template = chat_templates.TEMPLATES["gemma-3"]
+        self.template = templates.TEMPLATES["gemma-3"]
 
     def load_model(self, model_path: str, config: TrainingConfig, template: ChatTemplate) -> tuple[Any, Any]:
         model, tokenizer = FastModel.from_pretrained(
@@ -36,7 +36,7 @@ class UnslothBackend:
 
     def install_template(self, tokenizer: Any) -> Any:
         """Unsloth's get_chat_template, installing the same template string the transformers backend uses."""
-        return get_chat_template(tokenizer, chat_template=chat_templates.unsloth_argument(self.template))
+        return get_chat_template(tokenizer, chat_template=templates.unsloth_argument(self.template))
 
     def attach_lora(self, model: Any, config: TrainingConfig) -> Any:
         lora = config.lora

@@ -29,7 +29,7 @@ def _generate(args: argparse.Namespace) -> None:
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from worker.evaluation import write_json
+    from app.files import write_json
 
     prompts = json.loads(Path(args.request).read_text())["prompts"]
     started = time.monotonic()

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from app.artifacts import PARTIAL  # files being written; renamed into place only once complete
+from app.files import PARTIAL  # files being written; renamed into place only once complete
 from worker.gguf import (
     CONVERTER_TYPES,
     K_QUANTS,

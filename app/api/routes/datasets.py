@@ -11,13 +11,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile, status
 from pydantic import BaseModel, Field
 
-from app.api.deps import SettingsDep, require_token
-from app.api.routes.training import _errors, check_files
+from app.api.deps import SettingsDep, error_responses, require_token, resolve_config
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.errors import Conflict
-from app.datasets import check, store, templates, tokenizers
-from app.datasets.validation import Report, Rules
-from app.datasets.validation import check as check_rows
+from app.datasets import job_data, store, templates, tokenizers
+from app.datasets.validation import Report, Rules, validate_files
+from app.resolve import model_source, template_for
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
 
 router = APIRouter(
@@ -25,7 +24,7 @@ router = APIRouter(
     tags=["datasets"],
     dependencies=[Depends(require_token)],
     route_class=YAMLBodyRoute,
-    responses=_errors(
+    responses=error_responses(
         e400="The body is not UTF-8 JSON (or YAML)",
         e401="No token, or a wrong one (when the server has FORGE_API_TOKEN)",
         e413="The request body is over its size limit",
@@ -38,8 +37,7 @@ router = APIRouter(
 def validate(config: TrainingConfig, settings: SettingsDep) -> Report:
     """Runs the checks a job submission runs on `dataset.path` (and the validation file): every row, and the
     length after templating when the model's tokenizer is on this server. `ok` says whether a job would start."""
-    check_files(settings, config)
-    return check.for_config(config, settings.resolved_project_dir, list(settings.model_dirs), settings.cache_dir).report
+    return job_data.validate(config, resolve_config(settings, config), settings.cache_dir).report
 
 
 class Uploaded(BaseModel):
@@ -56,7 +54,7 @@ class Uploaded(BaseModel):
     response_model=Uploaded,
     status_code=status.HTTP_201_CREATED,
     summary="Upload a JSONL dataset",
-    responses=_errors(
+    responses=error_responses(
         e409="A dataset of that name, or the splits, exist; send overwrite=true",
         e411="No Content-Length header",
     ),
@@ -116,16 +114,15 @@ def upload(
             },
         }
     )
-    model_dirs = list(settings.model_dirs)
-    template = check.template_name(config, tokenizers.model_folder(model, project, model_dirs))
-    measured = check.measure(model, template, project, model_dirs, settings.cache_dir)
+    source = model_source(model, project, settings.model_dirs)
+    measured = job_data.measure(source, template_for(config, source), settings.cache_dir)
     shown = str(target.relative_to(project))
     # Stored under a hidden name first: a file that fails validation is never in data/ under its name.
     staging = target.with_name(f".{filename}.upload")
     try:
         store.store(file.file, staging)
         with tokenizers.LOCK:
-            checked = check_rows(
+            checked = validate_files(
                 [("dataset.path", staging, shown)],
                 Rules.of(config),
                 measured.template,
@@ -133,7 +130,7 @@ def upload(
                 measured.note,
             )
         if not checked.report.ok:
-            raise check.as_error(checked.report)
+            raise job_data.as_error(checked.report)
         staging.replace(target)
     finally:
         staging.unlink(missing_ok=True)
@@ -169,19 +166,19 @@ def list_datasets(
     """Every .jsonl under data/ (uploads, splits, ...): format, rows, valid rows, and tokens after templating
     (untruncated) when the model's tokenizer is on this server. Counts are kept until a file changes."""
     project = settings.resolved_project_dir
-    model_dirs = list(settings.model_dirs)
-    name = chat_template or templates.infer(model, tokenizers.model_folder(model, project, model_dirs))
+    source = model_source(model, project, settings.model_dirs)
+    name = chat_template or templates.infer(model, source.folder)
     template, lengths = None, None
     note: str | None = f"cannot tell model {model!r}'s chat template; pass chat_template"
     if name is not None:
-        measured = check.measure(model, name, project, model_dirs, settings.cache_dir)
+        measured = job_data.measure(source, templates.TEMPLATES[name], settings.cache_dir)
         template, lengths, note = measured.template, measured.lengths, measured.note
 
     def count(path: Path, stat: Any) -> store.DatasetInfo:
         # Counting only: every row is looked at whatever the policy; lengths are not capped.
         rules = Rules(invalid_rows="drop", max_seq_length=1 << 30)
         with tokenizers.LOCK:
-            report = check_rows([("dataset.path", path, path.name)], rules, template, lengths).report
+            report = validate_files([("dataset.path", path, path.name)], rules, template, lengths).report
         return store.info(path, project, stat, report.files[0])
 
     items = [

@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, checkpoints, files, jobs
+from app import artifacts, jobs
 from app import status as training_status
-from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, require_token
+from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, error_responses, require_token, resolve_and_validate
+from app.api.schemas import ArtifactList, JobPage, JobRead
 from app.api.yaml_body import YAMLBodyRoute
-from app.core.config import Settings
-from app.core.errors import Conflict, InvalidInput
-from app.datasets import check as dataset_check
-from app.models import ACTIVE_STATUSES, ArtifactList, ErrorBody, Job, JobPage, JobRead, JobStatus, TrainingStatus
-from app.training_config import EMBEDDED_MODEL, ExportRequest, TrainingConfig
-
-
-def _errors(**codes: str) -> dict[int | str, dict[str, Any]]:
-    return {int(code.removeprefix("e")): {"model": ErrorBody, "description": text} for code, text in codes.items()}
-
+from app.core.errors import Conflict
+from app.models import ACTIVE_STATUSES, Job, JobStatus
+from app.run_folder import RunFolder, checkpoint_finder
+from app.status import TrainingStatus
+from app.training_config import ExportRequest, TrainingConfig
 
 router = APIRouter(
     prefix="/api/training",
     tags=["training"],
     dependencies=[Depends(require_token)],
     route_class=YAMLBodyRoute,
-    responses=_errors(
+    responses=error_responses(
         e400="The body is not UTF-8 JSON (or YAML)",
         e401="No token, or a wrong one (when the server has FORGE_API_TOKEN)",
         e413="The request body is over FORGE_MAX_REQUEST_BYTES",
         e422="Invalid input; each problem is named in `details`",
     ),
 )
-NOT_FOUND = _errors(e404="No such job")
+NOT_FOUND = error_responses(e404="No such job")
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -45,85 +40,11 @@ IdempotencyKey = Annotated[
         "(the same key with a different request is a 409).",
     ),
 ]
-CONFLICT = _errors(e409="The job is not in a state that allows this")
-
-
-def _confined(value: str, param: str, roots: list[Path], what: str) -> Path:
-    """`value` resolved (symlinks followed) relative to the first root; it must land inside one of the roots."""
-    path = files.expand_home(value)
-    resolved = (path if path.is_absolute() else roots[0] / path).resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise InvalidInput(
-            f"{param} {value!r} resolves to {resolved}, outside {what}; use a path inside it",
-            code="path_outside_project",
-            param=param,
-        )
-    return resolved
-
-
-def check_files(settings: Settings, config: TrainingConfig) -> None:
-    """Catch what would fail in the worker minutes later: files that are not there, or not ours to read."""
-    project = settings.resolved_project_dir
-    dataset = _confined(config.dataset.path, "dataset.path", [project], f"the project directory {project}")
-    if not dataset.is_file():
-        raise InvalidInput(
-            f"dataset.path {config.dataset.path!r} does not exist (looked for {dataset}); "
-            "run Phase 3 (split) first or give the path of a ShareGPT JSONL file relative to the project",
-            code="dataset_not_found",
-            param="dataset.path",
-        )
-    check_evaluation_files(project, config)
-    name = config.model.name
-    if name.startswith("embedded:"):
-        if name != EMBEDDED_MODEL:
-            raise InvalidInput(
-                f"model.name {name!r}: the only embedded model is {EMBEDDED_MODEL!r}",
-                code="model_not_found",
-                param="model.name",
-            )
-    elif name.startswith(("/", "./", "../", "~")) or (project / name).exists():
-        roots = [project, *(folder.expanduser().resolve() for folder in settings.model_dirs)]
-        folder = _confined(name, "model.name", roots, "the project and FORGE_MODEL_DIRS")
-        if not (folder / "config.json").is_file():
-            raise InvalidInput(
-                f"model.name {name!r} is not a model folder (no config.json in {folder})",
-                code="model_not_found",
-                param="model.name",
-            )
+CONFLICT = error_responses(e409="The job is not in a state that allows this")
 
 
 def _json(body: bytes) -> Response:
     return Response(content=body, media_type="application/json")
-
-
-def validate_data(settings: Settings, config: TrainingConfig) -> None:
-    """Every row of the dataset files, before a GPU minute is spent: 422 with the report when they cannot train."""
-    project, model_dirs = settings.resolved_project_dir, list(settings.model_dirs)
-    report = dataset_check.for_config(config, project, model_dirs, settings.cache_dir).report
-    if not report.ok:
-        raise dataset_check.as_error(report)
-
-
-def check_evaluation_files(project: Path, config: TrainingConfig) -> None:
-    """The test split the baseline and evaluate steps score, and the localization glossary."""
-    settings = config.evaluation
-    wanted = []
-    if settings.baseline or settings.evaluate:
-        wanted.append(
-            (
-                "evaluation.test_path",
-                settings.test_path,
-                "test_set_not_found",
-                "run Phase 3 (split) first, or set evaluation.baseline and evaluation.evaluate to false",
-            )
-        )
-    if settings.glossary_path is not None:
-        wanted.append(("evaluation.glossary_path", settings.glossary_path, "glossary_not_found", "or set it to null"))
-    for param, value, code, advice in wanted:
-        path = _confined(value, param, [project], f"the project directory {project}")
-        if not path.is_file():
-            message = f"{param} {value!r} does not exist (looked for {path}); {advice}"
-            raise InvalidInput(message, code=code, param=param)
 
 
 @router.get("", response_model=TrainingStatus, summary="Status of the current job (Forge UI)")
@@ -138,7 +59,7 @@ async def get_status(cache: StatusCacheDep) -> Response:
     response_model=JobRead,
     status_code=status.HTTP_201_CREATED,
     summary="Start a fine-tuning job",
-    responses=_errors(e409="This Idempotency-Key was used for a different config"),
+    responses=error_responses(e409="This Idempotency-Key was used for a different config"),
     openapi_extra={
         "requestBody": {"content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/TrainingConfig"}}}}
     },
@@ -151,8 +72,7 @@ def start(
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a job from a training config in the spec's shape (JSON, or YAML with `Content-Type: application/yaml`)."""
-    check_files(settings, config)
-    validate_data(settings, config)
+    resolve_and_validate(settings, config)
     job, created = jobs.create(session, config, idempotency_key=idempotency_key)
     if created:
         training_status.refresh_file(session, settings.status_file)
@@ -204,7 +124,7 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
 )
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
     """Queue again a job whose worker was lost or crashed; it continues from its newest complete checkpoint."""
-    job = jobs.resume(session, job_id, lambda job: checkpoints.for_job(settings.runs_dir, job))
+    job = jobs.resume(session, job_id, checkpoint_finder(settings.runs_dir))
     training_status.refresh_file(session, settings.status_file)
     return JobRead.from_job(job)
 
@@ -214,7 +134,7 @@ def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     response_model=JobRead,
     status_code=status.HTTP_201_CREATED,
     summary="Export a finished job's adapters again, to other formats",
-    responses=NOT_FOUND | _errors(e409="The job has not finished, is an export job, or has no adapters"),
+    responses=NOT_FOUND | error_responses(e409="The job has not finished, is an export job, or has no adapters"),
 )
 def export_job(
     job_id: str,
@@ -229,8 +149,7 @@ def export_job(
     progress, cancel and artifacts like any job, and its GGUF files pass the `quantization-verified` gate."""
 
     def has_adapters(source: Job) -> bool:
-        lora = artifacts.run_dir(settings.runs_dir, source.id) / source.config["save"]["lora_path"]
-        return (lora / "adapter_config.json").is_file()
+        return (RunFolder.of(settings.runs_dir, source).lora / "adapter_config.json").is_file()
 
     job, created = jobs.create_export(session, job_id, request, has_adapters, idempotency_key=idempotency_key)
     if created:
@@ -243,18 +162,17 @@ def export_job(
 @router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, summary="A job's files", responses=NOT_FOUND)
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> ArtifactList:
     job = jobs.get(session, job_id)
-    root = artifacts.run_dir(settings.runs_dir, job.id)
-    return ArtifactList(job_id=job.id, items=artifacts.listing(root, job.config.get("save")))
+    return ArtifactList(job_id=job.id, items=artifacts.listing(RunFolder.of(settings.runs_dir, job)))
 
 
 @router.get(
     "/jobs/{job_id}/artifacts/{path:path}",
     response_class=FileResponse,
     summary="Download one of a job's files",
-    responses={200: {"content": {"application/octet-stream": {}}}, **_errors(e404="No such job or file")},
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(e404="No such job or file")},
 )
 def download_artifact(job_id: str, path: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """Streams the file; nothing outside the job's run folder can be reached, whatever the path says."""
     job = jobs.get(session, job_id)
-    file = artifacts.resolve(artifacts.run_dir(settings.runs_dir, job.id), path)
+    file = artifacts.resolve(RunFolder.of(settings.runs_dir, job).root, path)
     return FileResponse(file, filename=file.name)

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.chat_templates import GEMMA_3
+from app.datasets.templates import GEMMA_3
 
-log = logging.getLogger("forge.worker.embedded")
+log = logging.getLogger("forge.embedded")
 
 NAME = "gemma-3-270m"
 # Bumped whenever the converted folders change, so stale caches are rebuilt rather than trusted.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.datasets.templates import TEMPLATES
-from app.datasets.validation import Lengths, Rules, check
+from app.datasets.validation import Rules, TokenLengths, validate_files
 from tests.conftest import stand_in_tokenizer
 
 QA = [{"role": "user", "content": "What is 5 + 3?"}, {"role": "assistant", "content": "5 + 3 = 8."}]
@@ -25,7 +25,7 @@ def write(path: Path, rows: list[Any]) -> Path:
 
 
 def run(path: Path, **settings: Any) -> Any:
-    return check([("dataset.path", path, path.name)], Rules(**settings), TEMPLATES["gemma-3"], None)
+    return validate_files([("dataset.path", path, path.name)], Rules(**settings), TEMPLATES["gemma-3"], None)
 
 
 def problems(checked: Any) -> list[tuple[int | None, str | None, str]]:
@@ -202,7 +202,7 @@ def test_validation_rows_repeating_training_rows_are_reported(tmp_path: Path) ->
         tmp_path / "val.jsonl",
         [{"instruction": "You are a tutor.", "input": QA[0]["content"], "output": QA[1]["content"]}],
     )
-    checked = check(
+    checked = validate_files(
         [("dataset.path", train, "train.jsonl"), ("dataset.val_path", val, "val.jsonl")],
         Rules(),
         TEMPLATES["gemma-3"],
@@ -214,19 +214,19 @@ def test_validation_rows_repeating_training_rows_are_reported(tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def gemma(tokenizer_dir: Path) -> Lengths:
+def gemma(tokenizer_dir: Path) -> TokenLengths:
     tokenizer = stand_in_tokenizer(tokenizer_dir, "gemma-3")
-    return Lengths(tokenizer, TEMPLATES["gemma-3"], TEMPLATES["gemma-3"].jinja)
+    return TokenLengths(tokenizer, TEMPLATES["gemma-3"], TEMPLATES["gemma-3"].jinja)
 
 
-def test_lengths_after_templating(tmp_path: Path, gemma: Lengths) -> None:
+def test_lengths_after_templating(tmp_path: Path, gemma: TokenLengths) -> None:
     long_answer = [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "one two " * 40}]
     long_prompt = [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]
     path = write(
         tmp_path / "train.jsonl",
         [{"conversations": QA}, {"conversations": long_answer}, {"conversations": long_prompt}],
     )
-    cut = check([("dataset.path", path, "train.jsonl")], Rules(max_seq_length=32), TEMPLATES["gemma-3"], gemma)
+    cut = validate_files([("dataset.path", path, "train.jsonl")], Rules(max_seq_length=32), TEMPLATES["gemma-3"], gemma)
     report = cut.report.files[0]
     assert [(p.line, p.code, p.severity) for p in report.problems] == [
         (2, "truncated", "warning"),
@@ -236,7 +236,7 @@ def test_lengths_after_templating(tmp_path: Path, gemma: Lengths) -> None:
     rows = cut.results["dataset.path"].rows
     assert report.total_tokens == sum(len(r.encoded.input_ids) for r in rows if r.encoded) == 27 + 32
     assert report.mean_tokens == 29.5  # QA is 27 tokens once templated; the long answer is cut to 32
-    strict = check(
+    strict = validate_files(
         [("dataset.path", path, "train.jsonl")],
         Rules(max_seq_length=32, truncate_long_rows=False),
         TEMPLATES["gemma-3"],

@@ -1,0 +1,115 @@
+"""Every path inside a job's run folder, runs/<job_id>/: one owner, so no module spells one by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from app.files import PARTIAL
+from app.training_config import TrainingConfig
+
+if TYPE_CHECKING:
+    from app.models import Job
+
+Stage = Literal["baseline", "evaluate"]
+
+
+class RunFolder:
+    """runs/<job_id>/ and what a job writes there; save paths and output_dir come from the job's config."""
+
+    def __init__(self, root: Path, config: TrainingConfig) -> None:
+        self.root = root
+        self.config = config
+
+    @classmethod
+    def of(cls, runs_dir: Path, job: Job) -> RunFolder:
+        return cls(runs_dir / job.id, job.training_config)
+
+    # -- logs and metrics ---------------------------------------------------------------------------------
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs / "training.log"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def metrics(self, stage: Stage) -> Path:
+        """The baseline's or the evaluate step's scores on the test split."""
+        return self.metrics_dir / ("baseline.json" if stage == "baseline" else "evaluation.json")
+
+    @property
+    def samples(self) -> Path:
+        return self.metrics_dir / "samples.jsonl"
+
+    @property
+    def gates(self) -> Path:
+        return self.metrics_dir / "gates.json"
+
+    @property
+    def batch_size(self) -> Path:
+        return self.metrics_dir / "batch-size.json"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.metrics_dir / "loss.png"
+
+    @property
+    def training_stats(self) -> Path:
+        return self.metrics_dir / "training-stats.json"
+
+    @property
+    def export_stats(self) -> Path:
+        return self.metrics_dir / "export-stats.json"
+
+    @property
+    def quantization(self) -> Path:
+        return self.metrics_dir / "quantization.json"
+
+    # -- models -------------------------------------------------------------------------------------------
+    @property
+    def lora(self) -> Path:
+        return self.root / self.config.save.lora_path
+
+    @property
+    def merged(self) -> Path | None:
+        """The merged model kept as an artifact (save.merged_path), if asked for."""
+        return self.root / self.config.save.merged_path if self.config.save.merged_path else None
+
+    @property
+    def merged_or_scratch(self) -> Path | None:
+        """Where the merged model is written: save.merged_path, or a scratch folder (never an artifact) when only
+        GGUF files are wanted; None when neither is."""
+        if self.merged is not None:
+            return self.merged
+        return self.root / f"models/merged{PARTIAL}" if self.config.save.gguf_types else None
+
+    @property
+    def gguf_dir(self) -> Path | None:
+        return self.root / self.config.save.gguf_path if self.config.save.gguf_path else None
+
+    # -- training checkpoints -----------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        """The trainer's scratch folder: checkpoint-N folders."""
+        return self.root / self.config.training.output_dir
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint, relative to the run folder (what a resumed attempt starts from)."""
+        from app.checkpoints import latest_complete
+
+        latest = latest_complete(self.output_dir)
+        return self.relative(latest) if latest else None
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def checkpoint_finder(runs_dir: Path) -> Callable[[Job], str | None]:
+    """For app.jobs: a job's newest complete checkpoint under `runs_dir`, to resume a lost or stopped job from."""
+    return lambda job: RunFolder.of(runs_dir, job).latest_checkpoint()
