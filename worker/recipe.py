@@ -119,8 +119,7 @@ class LoraRecipe:
         """The spec's steps, in order."""
         started = time.monotonic()
         backend = self.choose_backend()
-        setup = Setup.of(self.spec)
-        model, tokenizer = self.load_model(backend, setup)
+        setup, model, tokenizer = self.load_model(backend)
         model = self.attach_lora(backend, model)
         data = self.prepare_data(backend, model, tokenizer, setup)
         baseline = self.baseline(backend, model, tokenizer, data)
@@ -149,11 +148,13 @@ class LoraRecipe:
         log.info("backend: %s", backend.name)
         return backend
 
-    def load_model(self, backend: Backend, setup: Setup) -> tuple[Any, Any]:
+    def load_model(self, backend: Backend) -> tuple[Setup, Any, Any]:
+        """What the config points at, resolved once, and the base model with its tokenizer."""
         self.reporter.phase(JobPhase.loading_model)
+        setup = Setup.of(self.spec)
         export.preflight(self.config, setup.model_path)  # a GGUF export that cannot work fails now, not later
         try:
-            return backend.load_model(setup.model_path, self.config, setup.template)
+            return setup, *backend.load_model(setup.model_path, self.config, setup.template)
         except OSError as exc:
             raise ModelNotFound(
                 f"could not load model {self.config.model.name!r}: {exc}. Use {EMBEDDED_MODEL!r}, a local "

@@ -11,7 +11,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import Processes, cache_dir, wait_for
+from tests.conftest import cache_dir
+from tests.e2e.conftest import Processes, wait_for
 from tests.e2e.test_evaluation import check_files_agree
 
 pytestmark = pytest.mark.slow

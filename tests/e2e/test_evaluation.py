@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Processes, tiny_config, wait_for
+from tests.conftest import tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 
 def evaluated_config(model_dir: Path, **overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Processes, tiny_config, wait_for
+from tests.conftest import ROOT, tiny_config
+from tests.e2e.conftest import Processes, wait_for
 from tests.offline import NoNetwork
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Processes, tiny_config, wait_for
+from tests.conftest import tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 
 def test_two_workers_run_each_of_20_jobs_once(processes: Processes, project: Path, tiny_model_dir: Path) -> None:

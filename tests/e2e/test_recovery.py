@@ -14,7 +14,8 @@ import httpx
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, Processes, tiny_config, wait_for
+from tests.conftest import ROOT, tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 
 def _job(client: httpx.Client, job_id: str) -> dict:

@@ -10,7 +10,8 @@ import httpx
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import Processes, tiny_config, wait_for
+from tests.conftest import tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 
 def test_submit_train_poll_and_download(processes: Processes, project: Path, tiny_model_dir: Path) -> None:

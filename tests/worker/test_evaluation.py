@@ -157,3 +157,26 @@ def test_batched_generation_matches_one_by_one(tmp_path: Path, tiny: tuple) -> N
     alone = [generate([p])[0] for p in prompts]
     assert together == alone and all(isinstance(a, str) for a in together)
     assert tokenizer.padding_side == "right"  # restored after generating
+
+
+def test_test_examples_stop_before_the_last_answer(tmp_path: Path) -> None:
+    rows = [
+        {"conversations": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {
+            "conversations": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris"},
+            ]
+        },
+    ]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    examples = evaluation.read_test_split(path, "expected_terms")
+    assert [(len(e.prompt), e.prompt[-1]["content"], e.reference) for e in examples] == [
+        (1, "2+2?", "4"),
+        (4, "Capital of France?", "Paris"),
+    ]
+    assert len(evaluation.load_test_set(path, EvaluationSection(max_examples=1))) == 1

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import GPU_ONLY, Processes, wait_for
+from tests.conftest import GPU_ONLY
+from tests.e2e.conftest import Processes, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
