@@ -11,12 +11,11 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import SFTTrainer
 
 from app.datasets import templates
 from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker.backends.common import target_modules
+from worker.backends.common import sft_trainer, target_modules
 from worker.data import Prepared
 from worker.devices import compute_dtype
 from worker.export import merge_lora
@@ -80,14 +79,7 @@ class TransformersBackend:
     def make_trainer(
         self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any], eval_dataset: Any = None
     ) -> Any:
-        return SFTTrainer(
-            model=model,
-            processing_class=tokenizer,
-            train_dataset=dataset,
-            eval_dataset=eval_dataset,
-            args=args,
-            callbacks=callbacks,
-        )
+        return sft_trainer(model, tokenizer, dataset, args, callbacks, eval_dataset)
 
     def for_inference(self, model: Any) -> None:
         model.eval()

@@ -6,14 +6,13 @@ from typing import Any
 
 import unsloth  # noqa: F401  (must come before transformers, trl and peft: it patches them)
 from datasets import Dataset
-from trl import SFTTrainer
 from unsloth import FastModel
 from unsloth.chat_templates import get_chat_template, train_on_responses_only
 
 from app.datasets import templates
 from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
-from worker.backends.common import target_modules
+from worker.backends.common import sft_trainer, target_modules
 from worker.data import Prepared
 from worker.devices import compute_dtype
 
@@ -65,14 +64,7 @@ class UnslothBackend:
     def make_trainer(
         self, model: Any, tokenizer: Any, dataset: Any, args: Any, callbacks: list[Any], eval_dataset: Any = None
     ) -> Any:
-        trainer = SFTTrainer(
-            model=model,
-            processing_class=tokenizer,
-            train_dataset=dataset,
-            eval_dataset=eval_dataset,
-            args=args,
-            callbacks=callbacks,
-        )
+        trainer = sft_trainer(model, tokenizer, dataset, args, callbacks, eval_dataset)
         return train_on_responses_only(
             trainer, instruction_part=self.template.instruction_part, response_part=self.template.response_part
         )
