@@ -27,7 +27,7 @@ from typing import Any
 from app import files
 from app.models import GateName, GateResult, GatesReport, GateStatus, JobKind, JobPhase
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import batch_size, chat_templates, evaluation, export, gates
+from worker import batch_size, chat_templates, evaluation, export, faults, gates, lease
 from worker.batch_size import BatchPlan
 from worker.chat_templates import ChatTemplate
 from worker.data import DataError, prepare
@@ -541,13 +541,14 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "training_failed", f"{name}: {exc}"
 
 
-def child_main(conn: Any, stop_flag: Any) -> None:
+def child_main(conn: Any, stop_flag: Any, lease_deadline: Any = None) -> None:
     """Entry point of the training child process: the jobs the worker sends, one at a time.
 
     The process outlives a job: the next one on the same backend skips importing Unsloth and, with the
     compiled kernels still in memory, most of the compiling. After a job that did not end cleanly (a failure,
     a shutdown) it exits, so that a broken CUDA context or a half-patched library never meets the next job.
     """
+    lease.guard(lease_deadline)  # issue 18: first thing: die with the worker, or when its lease runs out
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -594,7 +595,7 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
             reusable = True
     except BaseException as exc:
         log.error("job failed:\n%s", traceback.format_exc())
-        code, message = _classify(exc)
+        code, message = faults.disk_full(exc, run_dir) or _classify(exc)  # issue 18: a full disk's own advice
         conn.send({"type": "failed", "code": code, "message": message})
     else:
         log.info("done: %s", json.dumps({k: stats.get(k) for k in ("kind", "steps", "final_loss", "exports")}))
