@@ -165,7 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if reason == "full":
             return _disk_full(request)
         if reason == "busy":
-            log.warning("%s %s: the database is busy (%s)", request.method, request.url.path, exc)
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            log.warning("%s %s: the database is busy (%s)", request.method, request.url.path, cause)
             return JSONResponse(
                 {
                     "code": "database_busy",

@@ -36,7 +36,8 @@ from worker.runner import CANCEL, RUN, SHUTDOWN, JobSpec, child_main
 log = logging.getLogger("forge.worker")
 
 PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
-# Waits between tries of a database that refused a write: doubling from the first to the last.
+# Waits between tries of a database that refused a write: doubling from the first to the last, and never more
+# than an eighth of the lease, so that a renewal is tried soon after the database answers again.
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 8.0
 
@@ -50,7 +51,8 @@ class DatabaseDown(Exception):
 class _Backoff:
     """When the database may be tried again: waits doubling while it refuses, reset by a write that lands."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease_seconds: float) -> None:
+        self.longest = min(RETRY_MAX_SECONDS, lease_seconds / 8)
         self.delay = 0.0
         self.next_try = 0.0
         self.down_since: float | None = None
@@ -59,7 +61,7 @@ class _Backoff:
         return now >= self.next_try
 
     def failed(self, now: float) -> float:
-        self.delay = min(max(self.delay * 2, RETRY_FIRST_SECONDS), RETRY_MAX_SECONDS)
+        self.delay = min(max(self.delay * 2, RETRY_FIRST_SECONDS), self.longest)
         self.next_try = now + self.delay
         if self.down_since is None:
             self.down_since = now
@@ -92,7 +94,7 @@ class Worker:
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
-        self.backoff = _Backoff()
+        self.backoff = _Backoff(settings.lease_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -147,7 +149,8 @@ class Worker:
                 raise
             delay = self.backoff.failed(time.monotonic())
             state = "full (its disk)" if reason == "full" else "locked by another process or out of reach"
-            log.warning("the database is %s while %s; retrying in %.1fs (%s)", state, what, delay, exc.args[0])
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            log.warning("the database is %s while %s; retrying in %.1fs (%s)", state, what, delay, cause)
             raise DatabaseDown(what) from exc
         down = self.backoff.succeeded(time.monotonic())
         if down is not None:
