@@ -3,7 +3,8 @@
 queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running job belongs to one
 (worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
 with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
-explicit exception asked for by a person: `resume` re-queues a job failed as worker_lost or worker_crashed.
+explicit exception asked for by a person: `resume` re-queues a job failed as worker_lost or worker_crashed. A
+requested cancel always ends `cancelled`: no path puts such a job back in the queue.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, not_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -234,7 +235,8 @@ def finish(
     error_message: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a running job we own to a terminal state."""
+    """Move a running job we own to a terminal state. A job that fails after a cancel was asked for ends
+    `cancelled`: the person wanted it stopped, and it has stopped."""
     assert status in TERMINAL_STATUSES
     now = utcnow()
     values: dict[str, Any] = {
@@ -251,17 +253,56 @@ def finish(
     }
     if result is not None:
         values["result"] = result
-    outcome = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**values))
-    session.commit()
-    return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    if status == JobStatus.succeeded:  # the work is done and its files are there: a late cancel changes nothing
+        outcome = session.execute(update(Job).where(owned).values(**values))
+        session.commit()
+        return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return _unless_cancelled(session, owned, values) is not None
 
 
-def requeue(session: Session, job: Job, checkpoint: str | None) -> bool:
-    """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown)."""
-    values = _requeued(checkpoint)
-    outcome = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**values))
+def requeue(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
+    """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown); a job whose
+    cancel was asked for is cancelled instead. Returns the new status, or None if the job was no longer ours."""
+    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _requeued(checkpoint))
+
+
+def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
+    """Settle a job we own whose lease we could not keep (the database was out of reach for longer than the
+    lease, so the training process ended itself): as `expire_lost` would settle it once the lease runs out."""
+    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _lost(job, checkpoint))
+
+
+def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> JobStatus | None:
+    """Apply `values` to the job `where` matches, unless a cancel was requested for it: then it ends `cancelled`.
+
+    A requested cancel ends `cancelled` whatever else happens (a worker shutdown, a crash, a lost lease): such a
+    job must never go back to the queue, where another worker would run it again. Returns the status written,
+    or None when `where` matched nothing.
+    """
+    now = utcnow()
+    stopped = session.execute(update(Job).where(and_(where, col(Job.cancel_requested))).values(**_cancelled(now)))
+    status: JobStatus | None = JobStatus.cancelled if stopped.rowcount == 1 else None  # type: ignore[attr-defined]
+    if status is None:
+        outcome = session.execute(update(Job).where(and_(where, not_(col(Job.cancel_requested)))).values(**values))
+        status = values["status"] if outcome.rowcount == 1 else None  # type: ignore[attr-defined]
     session.commit()
-    return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return status
+
+
+def _cancelled(now: datetime) -> dict[str, Any]:
+    return {
+        "status": JobStatus.cancelled,
+        "phase": JobPhase.done,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "eta_seconds": None,
+        "phase_progress": None,
+        "phase_detail": None,
+        "error_code": None,
+        "error_message": None,
+    }
 
 
 def _requeued(checkpoint: str | None) -> dict[str, Any]:
@@ -273,6 +314,26 @@ def _requeued(checkpoint: str | None) -> dict[str, Any]:
         "eta_seconds": None,
         "resume_from": checkpoint,
         "updated_at": utcnow(),
+    }
+
+
+def _lost(job: Job, checkpoint: str | None) -> dict[str, Any]:
+    """A job whose worker lost it: back to the queue from its checkpoint where allowed, else failed `worker_lost`."""
+    if (checkpoint or job.kind == JobKind.export) and job.training_config.training.resume_on_worker_lost:
+        # An export job keeps nothing between attempts: it starts over.
+        return _requeued(checkpoint)
+    now = utcnow()
+    return {
+        "status": JobStatus.failed,
+        "phase": JobPhase.done,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "error_code": "worker_lost",
+        "error_message": (
+            "the worker running this job stopped reporting (killed, stalled, its machine or its database lost); "
+            + ("resume it with POST .../resume" if checkpoint else "submit the job again")
+        ),
     }
 
 
@@ -308,10 +369,10 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
 def expire_lost(
     session: Session, now: datetime | None = None, checkpoint_of: Callable[[Job], str | None] | None = None
 ) -> list[tuple[str, JobStatus]]:
-    """Settle running jobs whose worker stopped renewing the lease (killed, machine lost).
+    """Settle running jobs whose worker stopped renewing the lease (killed, stalled, machine lost).
 
-    A job that allows it and has a complete checkpoint goes back to the queue to resume from it; a job
-    being cancelled is cancelled; any other fails as `worker_lost`.
+    A job that allows it and has a complete checkpoint goes back to the queue to resume from it; a job whose
+    cancel was requested is cancelled; any other fails as `worker_lost`.
     """
     now = now or utcnow()
     expired = and_(
@@ -321,30 +382,9 @@ def expire_lost(
     settled = []
     for job in session.exec(select(Job).where(expired)).all():
         checkpoint = checkpoint_of(job) if checkpoint_of else None
-        values: dict[str, Any]
-        if job.status == JobStatus.cancelling:
-            status = JobStatus.cancelled
-            values = {"status": status, "phase": JobPhase.done, "finished_at": now, "lease_expires_at": None}
-        elif (checkpoint or job.kind == JobKind.export) and job.training_config.training.resume_on_worker_lost:
-            # An export job keeps nothing between attempts: it starts over.
-            status, values = JobStatus.queued, _requeued(checkpoint)
-        else:
-            status = JobStatus.failed
-            values = {
-                "status": JobStatus.failed,
-                "phase": JobPhase.done,
-                "finished_at": now,
-                "lease_expires_at": None,
-                "error_code": "worker_lost",
-                "error_message": (
-                    "the worker running this job stopped reporting (killed or its machine lost); "
-                    + ("resume it with POST .../resume" if checkpoint else "submit the job again")
-                ),
-            }
-        outcome = session.execute(
-            update(Job).where(and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired)).values(**values)
+        status = _unless_cancelled(
+            session, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
         )
-        if outcome.rowcount == 1:  # type: ignore[attr-defined]
+        if status is not None:
             settled.append((job.id, status))
-    session.commit()
     return settled

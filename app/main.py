@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import jobs
@@ -21,8 +23,9 @@ from app import status as training_status
 from app.api.limits import BodySizeLimit
 from app.api.routes import datasets, training
 from app.api.status_cache import StatusCache
+from app.core import disk
 from app.core.config import Settings, get_settings
-from app.core.db import Database
+from app.core.db import Database, unavailable
 from app.core.errors import ForgeError
 from app.run_folder import checkpoint_finder
 
@@ -59,6 +62,30 @@ def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
         "param": details[0]["param"] if details else None,
         "details": details,
     }
+
+
+# What a client is told to wait before retrying while the database is locked by someone else.
+RETRY_AFTER_SECONDS = 5
+
+
+def _internal_error() -> JSONResponse:
+    return JSONResponse(
+        {"code": "internal_error", "message": "the server failed; see its log", "param": None}, status_code=500
+    )
+
+
+def _disk_full(request: Request) -> JSONResponse:
+    log.error("%s %s: the disk is full", request.method, request.url.path)
+    return JSONResponse(
+        {
+            "code": "disk_full",
+            "message": "the server's disk is full, so it could not store what this request asked for; free space "
+            "on the disk holding the project (FORGE_PROJECT_DIR) and retry. A POST may have been recorded before "
+            "the write failed: look it up (GET /api/training/jobs) or retry with the same Idempotency-Key",
+            "param": None,
+        },
+        status_code=507,
+    )
 
 
 async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
@@ -131,13 +158,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"code": code, "message": message, "param": None}, status_code=exc.status_code, headers=headers
         )
 
+    # The database and the disk fail for reasons outside the request: a lock held by another process (a backup,
+    # a long query) or a full disk. Those get 503 (retry later) and 507, never 500.
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        reason = unavailable(exc)
+        if reason == "full":
+            return _disk_full(request)
+        if reason == "busy":
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            log.warning("%s %s: the database is busy (%s)", request.method, request.url.path, cause)
+            return JSONResponse(
+                {
+                    "code": "database_busy",
+                    "message": "the job database is locked by another process (a backup, a long query) or cannot "
+                    f"be reached. Retry in {RETRY_AFTER_SECONDS} s",
+                    "param": None,
+                },
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        log.exception("unhandled database error")
+        return _internal_error()
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        if disk.full(exc):
+            return _disk_full(request)
+        log.exception("unhandled error")
+        return _internal_error()
+
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(
-            {"code": "internal_error", "message": "the server failed; see its log", "param": None},
-            status_code=500,
-        )
+        return _internal_error()
 
     app.include_router(training.router)
     app.include_router(datasets.router)

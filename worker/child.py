@@ -18,20 +18,22 @@ from typing import Any
 from app.models import JobKind
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
-from worker import devices
+from worker import devices, faults, lease
 from worker.protocol import Failed, Interrupted, JobSpec, StopMode, Stopped, StopRequested, Succeeded
 from worker.reporter import Reporter
 
 log = logging.getLogger("forge.worker.job")
 
 
-def child_main(conn: Any, stop_flag: Any) -> None:
+def child_main(conn: Any, stop_flag: Any, lease_deadline: Any = None) -> None:
     """Entry point of the training child process.
 
     The process outlives a job: the next one on the same backend skips importing Unsloth and, with the
     compiled kernels still in memory, most of the compiling. After a job that did not end cleanly (a failure,
     a shutdown) it exits, so that a broken CUDA context or a half-patched library never meets the next job.
     """
+    # First of all: die with the worker, or when its lease can no longer be proved (worker/lease.py).
+    lease.guard(lease_deadline)
     # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,7 +89,7 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
             reusable = True
     except BaseException as exc:
         log.error("job failed:\n%s", traceback.format_exc())
-        code, message = classify(exc)
+        code, message = faults.disk_full(exc, run.root) or classify(exc)  # a full disk gets its own advice
         conn.send(Failed(code, message))
     else:
         log.info("done: %s", json.dumps({k: stats.get(k) for k in ("kind", "steps", "final_loss", "exports")}))

@@ -1,5 +1,10 @@
 """The worker process: claim a job, run it in a child process, mirror its progress to the database and the
-status file, pass on cancel requests, and never leave a job `running` once it has stopped working on it."""
+status file, pass on cancel requests, and never leave a job `running` once it has stopped working on it.
+
+The database may refuse writes for a while (locked by a backup or a long query, out of reach, its disk full):
+the worker then keeps the job training, keeps its progress in memory and retries with backoff; the lease rules
+(worker/lease.py) decide when the training process must stop because the lease can no longer be proved.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,26 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
 
 from app import jobs
 from app import status as training_status
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, unavailable
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
+from worker import faults
 from worker.child import child_main
+from worker.lease import EXIT_LEASE_LOST, LeaseClock
 from worker.protocol import (
     BackendChosen,
     CheckpointSaved,
@@ -38,6 +51,42 @@ from worker.protocol import (
 log = logging.getLogger("forge.worker")
 
 PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
+# Waits between tries of a database that refused a write: doubling from the first to the last, and never more
+# than an eighth of the lease, so that a renewal is tried soon after the database answers again.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
+
+_T = TypeVar("_T")
+
+
+class DatabaseDown(Exception):
+    """The database refused a write for now (locked, out of reach, its disk full): try again later."""
+
+
+class _Backoff:
+    """When the database may be tried again: waits doubling while it refuses, reset by a write that lands."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.longest = min(RETRY_MAX_SECONDS, lease_seconds / 8)
+        self.delay = 0.0
+        self.next_try = 0.0
+        self.down_since: float | None = None
+
+    def ready(self, now: float) -> bool:
+        return now >= self.next_try
+
+    def failed(self, now: float) -> float:
+        self.delay = min(max(self.delay * 2, RETRY_FIRST_SECONDS), self.longest)
+        self.next_try = now + self.delay
+        if self.down_since is None:
+            self.down_since = now
+        return self.delay
+
+    def succeeded(self, now: float) -> float | None:
+        """Returns for how long the database was down, if it was."""
+        down, self.down_since = self.down_since, None
+        self.delay, self.next_try = 0.0, 0.0
+        return None if down is None else now - down
 
 
 @dataclass
@@ -64,6 +113,7 @@ class _Child:
     process: Any
     conn: Any
     stop_flag: Any
+    lease: LeaseClock  # until when the training process may run the current job
     backend: str
     idle_since: float = 0.0
 
@@ -76,6 +126,7 @@ class Worker:
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
+        self.backoff = _Backoff(settings.lease_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -90,29 +141,84 @@ class Worker:
         log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
-            with self.db.session() as session:
-                for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
-                    log.warning("job %s lost its worker; now %s", job_id, status.value)
-                job = jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+            claimed_at = time.monotonic()  # the lease counts from a moment after this
+            try:
+                job = self._db("looking for a job", self._claim)
+            except DatabaseDown:
+                self._retire_idle_child()
+                time.sleep(self.backoff.delay)
+                continue
             if job is None:
                 if exit_when_idle:
                     break
                 self._retire_idle_child()
                 time.sleep(self.settings.worker_poll_seconds)
                 continue
-            self.run_job(job)
+            self.run_job(job, claimed_at)
             done += 1
         self._retire_child()
         self.db.dispose()
         return done
 
+    def _claim(self, session: Session) -> Job | None:
+        for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
+            log.warning("job %s lost its worker; now %s", job_id, status.value)
+        return jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+
     def checkpoint_of(self, job: Job) -> str | None:
         return checkpoint_finder(self.settings.runs_dir)(job)
 
+    # -- the database, which may refuse writes for a while ---------------------------------------------------
+    def _db(self, what: str, action: Callable[[Session], _T]) -> _T:
+        """`action` in a session of its own. A database that cannot take it now raises DatabaseDown (logged, the
+        next try put off); any other error is a bug and propagates."""
+        try:
+            with self.db.session() as session:
+                result = action(session)
+        except (DBAPIError, sqlite3.DatabaseError) as exc:
+            reason = unavailable(exc)
+            if reason is None:
+                raise
+            delay = self.backoff.failed(time.monotonic())
+            state = "full (its disk)" if reason == "full" else "locked by another process or out of reach"
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            log.warning("the database is %s while %s; retrying in %.1fs (%s)", state, what, delay, cause)
+            raise DatabaseDown(what) from exc
+        down = self.backoff.succeeded(time.monotonic())
+        if down is not None:
+            log.info("the database answers again after %.1fs", down)
+        return result
+
+    def _settle(self, what: str, action: Callable[[Session], _T]) -> _T:
+        """`action` retried until the database takes it: a job's end must be recorded, or it would stay `running`
+        (if the lease runs out meanwhile, the job is settled by whoever notices, and `action` changes nothing)."""
+        while True:
+            try:
+                return self._db(what, action)
+            except DatabaseDown:
+                time.sleep(self.backoff.delay)
+
+    def _renew(self, job: Job, lease: LeaseClock) -> bool | None:
+        """Renew the job's lease, and move the training process's deadline with it. Returns whether a cancel was
+        requested, None if the job is no longer ours; raises DatabaseDown (the deadline stays where it was)."""
+        started = time.monotonic()
+        cancel = self._db("renewing the lease", lambda s: jobs.renew_lease(s, job, self.settings.lease_seconds))
+        if cancel is not None:
+            lease.renewed(started)
+        return cancel
+
     # -- one job --------------------------------------------------------------------------------------
-    def run_job(self, job: Job) -> None:
+    def run_job(self, job: Job, claimed_at: float | None = None) -> None:
         run_dir = RunFolder.of(self.settings.runs_dir, job).root
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a full disk, or no permission: this job fails, the worker goes on
+            code, message = faults.disk_full(exc, run_dir) or (
+                "run_dir_unwritable",
+                f"could not create the job's run folder {run_dir}: {exc}; check FORGE_PROJECT_DIR's permissions",
+            )
+            self._finish(job, Ending(Failed(code=code, message=message)), None)
+            return
         log.info(
             "job %s: claimed (attempt %d)%s",
             job.id,
@@ -132,9 +238,18 @@ class Worker:
             model_dirs=[str(d) for d in self.settings.model_dirs],
         )
         child = self._child_for(job.training_config.backend)
+        child.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
+        try:  # starting a training process can take long: give it a fresh lease
+            if self._renew(job, child.lease) is None:
+                log.warning("job %s is no longer ours before it started; leaving it", job.id)
+                child.lease.disarm()
+                return
+        except DatabaseDown:
+            pass  # the lease from the claim holds for now; the heartbeat tries again
         child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
-        ending = self._supervise(job, child.process, child.conn, child.stop_flag)
+        ending = self._supervise(job, child)
+        child.lease.disarm()  # the training process has stopped working on this job
         clean = ending is not None and child.process.is_alive() and ending.clean
         if ending is not None:
             # Recorded before waiting for the process to exit: no lease is renewed while it tears down
@@ -161,10 +276,12 @@ class Worker:
         self._retire_child()
         parent_conn, child_conn = self.context.Pipe()
         stop_flag = self.context.Value("i", StopMode.RUN)
-        process = self.context.Process(target=child_main, args=(child_conn, stop_flag), daemon=True)
+        lease = LeaseClock(self.context, self.settings.lease_seconds)
+        # Started from the main thread: the training process's parent-death signal is tied to this thread.
+        process = self.context.Process(target=child_main, args=(child_conn, stop_flag, lease.shared), daemon=True)
         process.start()
         child_conn.close()
-        self.child = _Child(process, parent_conn, stop_flag, backend)
+        self.child = _Child(process, parent_conn, stop_flag, lease, backend)
         return self.child
 
     def _retire_child(self) -> None:
@@ -183,7 +300,8 @@ class Worker:
             log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
             self._retire_child()
 
-    def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> Ending | None:
+    def _supervise(self, job: Job, training: _Child) -> Ending | None:
+        child, conn, stop_flag = training.process, training.conn, training.stop_flag
         pending: dict[str, Any] = {}
         last_flush = 0.0
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
@@ -197,7 +315,7 @@ class Worker:
                     break
                 match message:
                     case Succeeded() | Failed() | Stopped() | Interrupted():
-                        self._flush(job, pending)
+                        self._flush(job, pending, wait=True)
                         return Ending(message, reason)
                     case Progress():
                         pending.update(message.changes())
@@ -218,10 +336,12 @@ class Worker:
             if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
                 self._flush(job, pending)
                 last_flush = now
-            if now >= next_heartbeat:
+            if now >= next_heartbeat and self.backoff.ready(now):
                 next_heartbeat = now + self.settings.heartbeat_seconds
-                with self.db.session() as session:
-                    cancel = jobs.renew_lease(session, job, self.settings.lease_seconds)
+                try:
+                    cancel = self._renew(job, training.lease)
+                except DatabaseDown:
+                    cancel = False  # nothing known: training goes on until the lease deadline
                 if cancel is None:
                     log.warning("job %s is no longer ours; stopping it", job.id)
                     reason = reason or "lost"
@@ -237,21 +357,36 @@ class Worker:
                 log.warning("job %s did not stop within %.0fs; killing it", job.id, self.settings.cancel_grace_seconds)
                 child.kill()
                 return Ending(Stopped(), reason, killed=True)
-        self._flush(job, pending)
+        self._flush(job, pending, wait=True)
         return Ending(Stopped(), reason) if reason else None
 
-    def _flush(self, job: Job, pending: dict[str, Any]) -> None:
+    def _flush(self, job: Job, pending: dict[str, Any], *, wait: bool = False) -> None:
+        """Write the progress gathered since the last flush. A database that refuses it keeps it pending for the
+        next flush, unless `wait` (the job's last progress, before its end is recorded)."""
         if not pending:
             return
-        with self.db.session() as session:
-            jobs.record_progress(session, job, **pending)
+        fields = dict(pending)
+        if wait:
+            self._settle("recording progress", lambda s: jobs.record_progress(s, job, **fields))
+        else:
+            if not self.backoff.ready(time.monotonic()):
+                return
+            try:
+                self._db("recording progress", lambda s: jobs.record_progress(s, job, **fields))
+            except DatabaseDown:
+                return
         pending.clear()
         self._write_status()
 
     def _finish(self, job: Job, ending: Ending | None, exitcode: int | None) -> None:
-        with self.db.session() as session:
-            message = ending.message if ending else None
-            if ending is None:
+        message = ending.message if ending else None
+
+        def record(session: Session) -> JobStatus:
+            if ending is None and exitcode == EXIT_LEASE_LOST:
+                # The training process ended itself: this worker could not renew the lease in time.
+                log.warning("job %s: the lease could not be renewed in time; the training process ended", job.id)
+                jobs.give_up(session, job, self.checkpoint_of(job) or job.resume_from)
+            elif ending is None:
                 jobs.finish(
                     session,
                     job,
@@ -268,17 +403,25 @@ class Worker:
             elif isinstance(message, Failed):
                 jobs.finish(session, job, JobStatus.failed, error_code=message.code, error_message=message.message)
             elif isinstance(message, Interrupted):
-                # A graceful shutdown: back to the queue, to resume from the checkpoint just saved.
+                # A graceful shutdown: back to the queue, to resume from the checkpoint just saved (a job whose
+                # cancel was asked for meanwhile ends cancelled instead).
                 jobs.requeue(session, job, message.checkpoint)
             elif ending.reason == "cancel":
                 jobs.finish(session, job, JobStatus.cancelled)
             elif ending.reason == "shutdown":
                 # Killed after the grace period, before it could save: back to the queue from its last checkpoint.
                 jobs.requeue(session, job, self.checkpoint_of(job) or job.resume_from)
-            final = jobs.get(session, job.id)
-        log.info("job %s: %s", job.id, final.status.value)
+            return jobs.get(session, job.id).status
+
+        final = self._settle("recording the job's end", record)
+        log.info("job %s: %s", job.id, final.value)
         self._write_status()
 
     def _write_status(self) -> None:
-        with self.db.session() as session:
-            training_status.refresh_file(session, self.settings.status_file)
+        path: Path = self.settings.status_file
+        try:
+            self._db("writing the status file", lambda s: training_status.refresh_file(s, path))
+        except DatabaseDown:
+            pass  # written again at the next change
+        except OSError as exc:  # a full disk: the database stays the truth, the file catches up later
+            log.warning("could not write the status file %s: %s", path, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from alembic.config import Config
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 from alembic import command
@@ -18,13 +20,37 @@ from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# How long a write waits for another connection's write lock before it fails as `busy` (SQLite's busy_timeout).
+# Long enough for any of our own transactions (milliseconds each); short enough that a database held locked for
+# long by someone else (a backup, a long query) gets the API's 503 within seconds, and lets the worker go on
+# training and retry (worker/loop.py) instead of blocking its supervision loop.
+BUSY_TIMEOUT_SECONDS = 5.0
+
+# SQLite's words for "cannot write now, try again later" and for "the disk is full".
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "unable to open database file", "disk i/o error")
+_FULL_MESSAGES = ("database or disk is full",)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the database refused a statement that may work later: "full" (its disk), "busy" (locked by another
+    process, or not reachable now), or None for any other error (a bug: not to be retried)."""
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(error, sqlite3.DatabaseError):
+        return None
+    message = str(error).lower()
+    if any(text in message for text in _FULL_MESSAGES):
+        return "full"
+    if any(text in message for text in _BUSY_MESSAGES):
+        return "busy"
+    return None
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the API read while the worker writes; busy_timeout makes writers queue rather than fail.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -34,7 +60,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -80,3 +80,41 @@ def test_an_export_job_whose_worker_was_lost_starts_over(settings: Settings) -> 
         assert (job.id, JobStatus.failed) in lost
         resumed = jobs.resume(s, job.id, lambda _: None)
         assert (resumed.status, resumed.resume_from, resumed.error_code) == (JobStatus.queued, None, None)
+
+
+def test_a_requested_cancel_ends_cancelled_on_every_path_back_to_the_queue(settings: Settings) -> None:
+    """A shutdown, a crash or a lost lease never re-queue a job whose cancel was asked for."""
+    db = Database(settings)
+    later = utcnow() + timedelta(seconds=61)
+    with db.session() as s:
+        for _ in range(4):
+            jobs.create(s, TrainingConfig())
+        shutdown, crashed, lost, stalled = (jobs.claim_next(s, f"worker-{i}", 60) for i in range(4))
+        assert shutdown and crashed and lost and stalled
+        for job in (shutdown, crashed, lost, stalled):
+            assert jobs.request_cancel(s, job.id).status == JobStatus.cancelling
+
+        assert jobs.requeue(s, shutdown, "outputs/checkpoint-2") == JobStatus.cancelled  # SIGTERM to the worker
+        assert jobs.finish(s, crashed, JobStatus.failed, error_code="worker_crashed", error_message="died")
+        assert jobs.give_up(s, stalled, "outputs/checkpoint-2") == JobStatus.cancelled  # its lease not renewable
+        assert jobs.expire_lost(s, now=later, checkpoint_of=lambda _: "outputs/checkpoint-2") == [
+            (lost.id, JobStatus.cancelled)
+        ]
+        for job in (shutdown, crashed, lost, stalled):
+            final = jobs.get(s, job.id)
+            assert (final.status, final.error_code, final.phase) == (JobStatus.cancelled, None, JobPhase.done)
+            assert final.finished_at is not None and final.lease_expires_at is None
+        assert jobs.claim_next(s, "worker-5", 60) is None
+
+
+def test_without_a_cancel_the_same_paths_requeue_or_fail(settings: Settings) -> None:
+    db = Database(settings)
+    with db.session() as s:
+        for _ in range(2):
+            jobs.create(s, TrainingConfig())
+        shutdown, stalled = (jobs.claim_next(s, f"worker-{i}", 60) for i in range(2))
+        assert shutdown and stalled
+        assert jobs.requeue(s, shutdown, "outputs/checkpoint-2") == JobStatus.queued
+        assert jobs.give_up(s, stalled, None) == JobStatus.failed  # no checkpoint to resume from
+        assert jobs.get(s, stalled.id).error_code == "worker_lost"
+        assert jobs.give_up(s, stalled, None) is None  # no longer ours: nothing changes
