@@ -6,9 +6,6 @@ import torch
 
 from app.training_config import TrainingConfig
 
-ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
-MLP = {"gate_proj", "up_proj", "down_proj"}
-
 
 def compute_dtype(config: TrainingConfig) -> torch.dtype:
     """The spec's `dtype: null`: bfloat16 where the GPU has it, float16 on older GPUs, float32 on a CPU.
@@ -24,12 +21,4 @@ def compute_dtype(config: TrainingConfig) -> torch.dtype:
 
 def target_modules(config: TrainingConfig) -> list[str]:
     """The configured modules, less those the finetune_* switches turn off."""
-    lora = config.lora
-    chosen = []
-    for name in lora.target_modules:
-        if name in ATTENTION and not lora.finetune_attention_modules:
-            continue
-        if name in MLP and not lora.finetune_mlp_modules:
-            continue
-        chosen.append(name)
-    return chosen
+    return config.lora.trained_modules

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import SettingsDep, require_token
 from app.api.routes.training import _errors, check_files
 from app.api.yaml_body import YAMLBodyRoute
-from app.core.errors import Conflict
+from app.core.errors import Conflict, TooLarge
 from app.datasets import check, store, templates, tokenizers
 from app.datasets.validation import Report, Rules
 from app.datasets.validation import check as check_rows
@@ -59,6 +59,7 @@ class Uploaded(BaseModel):
     responses=_errors(
         e409="A dataset of that name, or the splits, exist; send overwrite=true",
         e411="No Content-Length header",
+        e413="The upload is over FORGE_MAX_UPLOAD_BYTES or FORGE_MAX_UPLOAD_ROWS",
     ),
 )
 def upload(
@@ -118,35 +119,37 @@ def upload(
     )
     model_dirs = list(settings.model_dirs)
     template = check.template_name(config, tokenizers.model_folder(model, project, model_dirs))
-    measured = check.measure(model, template, project, model_dirs, settings.cache_dir)
     shown = str(target.relative_to(project))
-    # Stored under a hidden name first: a file that fails validation is never in data/ under its name.
-    staging = target.with_name(f".{filename}.upload")
+    # Stored under a hidden name of its own first: a file that fails validation is never in data/ under its name.
+    staging = store.stage(file.file, target)
+    checked: check.UploadChecked | None = None
     try:
-        store.store(file.file, staging)
-        with tokenizers.LOCK:
-            checked = check_rows(
-                [("dataset.path", staging, shown)],
-                Rules.of(config),
-                measured.template,
-                measured.lengths,
-                measured.note,
+        lines = store.count_lines(staging)
+        if lines > settings.max_upload_rows:
+            raise TooLarge(
+                f"the upload has {lines} lines, over the {settings.max_upload_rows}-row limit (FORGE_MAX_UPLOAD_ROWS); "
+                "split it into smaller files",
+                code="too_many_rows",
+                param="file",
             )
+        dirs = (project, model_dirs, settings.cache_dir)
+        split_with = (ratios, seed) if ratios else None
+        checked = check.in_child(check.upload, staging, shown, Rules.of(config), model, template, dirs, split_with)
         if not checked.report.ok:
             raise check.as_error(checked.report)
-        staging.replace(target)
+        store.publish(staging, target, overwrite)
+        written = store.publish_splits(project, checked.splits) if checked.splits else None
     finally:
         staging.unlink(missing_ok=True)
+        for leftover in (checked.splits or {}).values() if checked else ():
+            leftover.unlink(missing_ok=True)
     report = checked.report
-    written = counts = None
-    if ratios:
-        turns = [row.turns for row in checked.results["dataset.path"].rows]
-        parts = store.split(turns, ratios, seed)
-        written = store.write_splits(project, parts)
-        counts = {name: len(rows) for name, rows in parts.items()}
     stat = target.stat()
     return Uploaded(
-        dataset=store.info(target, project, stat, report.files[0]), report=report, splits=written, split_rows=counts
+        dataset=store.info(target, project, stat, report.files[0]),
+        report=report,
+        splits=written,
+        split_rows=checked.split_rows,
     )
 
 

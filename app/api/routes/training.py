@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, checkpoints, files, jobs
+from app import artifacts, checkpoints, files, jobs, weights
 from app import status as training_status
 from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, require_token
 from app.api.yaml_body import YAMLBodyRoute
@@ -40,6 +40,7 @@ NOT_FOUND = _errors(e404="No such job")
 IdempotencyKey = Annotated[
     str | None,
     Header(
+        min_length=1,
         max_length=255,
         description="Retrying a POST with the same key returns the job the first one created "
         "(the same key with a different request is a 409).",
@@ -81,6 +82,7 @@ def check_files(settings: Settings, config: TrainingConfig) -> None:
                 code="model_not_found",
                 param="model.name",
             )
+        weights.check_target_modules(config, weights.EMBEDDED_MODULES)
     elif name.startswith(("/", "./", "../", "~")) or (project / name).exists():
         roots = [project, *(folder.expanduser().resolve() for folder in settings.model_dirs)]
         folder = _confined(name, "model.name", roots, "the project and FORGE_MODEL_DIRS")
@@ -90,6 +92,7 @@ def check_files(settings: Settings, config: TrainingConfig) -> None:
                 code="model_not_found",
                 param="model.name",
             )
+        weights.check_target_modules(config, weights.module_names(folder))
 
 
 def _json(body: bytes) -> Response:
@@ -124,6 +127,8 @@ def check_evaluation_files(project: Path, config: TrainingConfig) -> None:
         if not path.is_file():
             message = f"{param} {value!r} does not exist (looked for {path}); {advice}"
             raise InvalidInput(message, code=code, param=param)
+        if param == "evaluation.test_path":
+            dataset_check.test_split(path, str(path.relative_to(project)), settings.terms_field)
 
 
 @router.get("", response_model=TrainingStatus, summary="Status of the current job (Forge UI)")
