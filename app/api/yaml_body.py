@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import yaml
-from fastapi import Request, Response
+from fastapi import Request, Response, params
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -170,6 +170,16 @@ def parse_json(raw: bytes) -> Any:
 class YAMLBodyRoute(APIRoute):
     """Authenticates, then parses a JSON or YAML body off the event loop, before FastAPI validates it against the
     declared model."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        body = self.body_field
+        model = getattr(body.field_info.annotation, "__name__", None) if body is not None else None
+        if body is not None and model and not isinstance(body.field_info, params.Form):
+            # Every JSON body may be sent as YAML: say so on the OpenAPI page (and to the fuzz), with the same schema.
+            schema = {"$ref": f"#/components/schemas/{model}"}
+            extra = {"requestBody": {"content": {"application/yaml": {"schema": schema}}}}
+            self.openapi_extra = {**extra, **(self.openapi_extra or {})}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

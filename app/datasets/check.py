@@ -172,6 +172,11 @@ def upload(
     return UploadChecked(checked.report, store.stage_splits(project, parts), {k: len(v) for k, v in parts.items()})
 
 
+def load_tokenizer(model: str, project: Path, model_dirs: list[Path], cache_dir: Path) -> None:
+    """Load a model's tokenizer into this process; `in_child(load_tokenizer, ...)` readies the validation process."""
+    tokenizers.for_model(model, project, model_dirs, cache_dir)
+
+
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 

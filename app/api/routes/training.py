@@ -144,9 +144,6 @@ async def get_status(cache: StatusCacheDep) -> Response:
     status_code=status.HTTP_201_CREATED,
     summary="Start a fine-tuning job",
     responses=_errors(e409="This Idempotency-Key was used for a different config"),
-    openapi_extra={
-        "requestBody": {"content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/TrainingConfig"}}}}
-    },
 )
 def start(
     config: TrainingConfig,
