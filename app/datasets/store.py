@@ -17,7 +17,6 @@ from typing import IO, Any
 from pydantic import BaseModel, Field
 
 from app.core.errors import Conflict, InvalidInput
-from app.files import atomic
 
 UPLOADS = Path("data") / "uploads"
 SPLITS = Path("data") / "splits"
@@ -133,18 +132,6 @@ def publish_splits(project: Path, staged: dict[str, Path]) -> dict[str, str]:
     for name, path in staged.items():
         target = project / SPLITS / f"{name}.jsonl"
         os.replace(path, target)
-        written[name] = str(target.relative_to(project))
-    return written
-
-
-def write_splits(project: Path, parts: dict[str, list[list[dict[str, str]]]]) -> dict[str, str]:
-    """data/splits/{train,val,test}.jsonl in the spec's ShareGPT format; their project-relative paths."""
-    written = {}
-    for name in SPLIT_NAMES:
-        target = project / SPLITS / f"{name}.jsonl"
-        with atomic(target) as handle:
-            for turns in parts[name]:
-                handle.write(json.dumps({"conversations": turns}, ensure_ascii=False).encode() + b"\n")
         written[name] = str(target.relative_to(project))
     return written
 
