@@ -40,4 +40,6 @@ RUN pip install --no-cache-dir /wheels/*.whl ".[${EXTRAS}]" \
 
 VOLUME ["/project", "/cache"]
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "app.main:app_factory", "--host", "0.0.0.0", "--port", "8000"]
+# `python -m app` refuses to listen on 0.0.0.0 without FORGE_API_TOKEN (or FORGE_ALLOW_NO_AUTH=1).
+ENV FORGE_HOST=0.0.0.0 FORGE_PORT=8000
+CMD ["python", "-m", "app"]

@@ -82,4 +82,6 @@ def resolve(root: Path, name: str) -> Path:
         raise missing from None
     if not real.is_relative_to(real_root) or not real.is_file():
         raise missing
+    if any(part.endswith(PARTIAL) for part in (*pure.parts, *real.relative_to(real_root).parts)):
+        raise missing  # still being written: not an artifact until it is renamed into place
     return real

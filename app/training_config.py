@@ -7,6 +7,7 @@ It validates API input, documents the OpenAPI page and drives the worker.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Annotated, Final, Literal, get_args
 
@@ -24,7 +25,9 @@ from pydantic import (
 )
 
 EMBEDDED_MODEL = "embedded:gemma-3-270m"
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+ALL_PROJECTIONS = [*ATTENTION_PROJECTIONS, *MLP_PROJECTIONS]
 
 # The metrics of the baseline and evaluate steps, by the names metrics/*.json and the gates use.
 EXACT_MATCH: Final = "exact_match"
@@ -47,8 +50,18 @@ def _relative_inside_run(value: str) -> str:
 
 
 class _Section(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting; `0` or "yes" is not a boolean.
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    # A misspelt key is an error, not a silently ignored setting; `0` or "yes" is not a boolean; no setting
+    # means anything as Infinity or NaN (`weight_decay: .inf` once reached the trainer).
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=(), allow_inf_nan=False)
+
+
+@lru_cache(maxsize=1)
+def optimizer_names() -> frozenset[str]:
+    """The optimizers transformers' Trainer knows. Imported on first use (transformers pulls in torch, ~4 s):
+    the API warms it at start, off the event loop."""
+    from transformers.training_args import OptimizerNames
+
+    return frozenset(name.value for name in OptimizerNames)
 
 
 class ModelSection(_Section):
@@ -84,6 +97,30 @@ class LoraSection(_Section):
     finetune_language_layers: bool = Field(default=True, description="Language layers.")
     finetune_attention_modules: bool = Field(default=True, description="Attention projections.")
     finetune_mlp_modules: bool = Field(default=True, description="MLP projections.")
+
+    @property
+    def trained_modules(self) -> list[str]:
+        """target_modules less those the finetune_*_modules switches turn off: what gets adapters."""
+        off = (() if self.finetune_attention_modules else ATTENTION_PROJECTIONS) + (
+            () if self.finetune_mlp_modules else MLP_PROJECTIONS
+        )
+        return [name for name in self.target_modules if name not in off]
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> LoraSection:
+        if not (self.finetune_attention_modules or self.finetune_mlp_modules):
+            raise ValueError("at least one of finetune_attention_modules, finetune_mlp_modules must be true")
+        if not (self.finetune_language_layers or self.finetune_vision_layers):
+            raise ValueError(
+                "at least one of finetune_language_layers, finetune_vision_layers must be true: with both off "
+                "nothing trains"
+            )
+        if not self.trained_modules:
+            raise ValueError(
+                f"target_modules {self.target_modules} are all switched off by finetune_attention_modules / "
+                "finetune_mlp_modules, so nothing trains; add modules or switch one on"
+            )
+        return self
 
 
 AUTO: Final = "auto"
@@ -148,9 +185,21 @@ class TrainingSection(_Section):
         default="adamw_8bit",
         description="A transformers optimizer name; 8-bit optimizers fall back to adamw_torch without CUDA.",
     )
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        known = optimizer_names()
+        if value not in known:
+            common = ", ".join(n for n in ("adamw_8bit", "adamw_torch", "adamw_torch_fused", "sgd", "adafactor"))
+            raise ValueError(f"unknown optimizer {value!r}; use a transformers optimizer name, e.g. {common}")
+        return value
+
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
     logging_steps: int = Field(default=1, ge=1, description="Report loss every this many steps.")
-    seed: int = Field(default=3407, description="Seed for LoRA init, shuffling and dropout.")
+    seed: int = Field(
+        default=3407, ge=0, le=2**32 - 1, description="Seed for LoRA init, shuffling and dropout (0 to 2**32-1)."
+    )
     output_dir: str = Field(default="outputs", description="Trainer scratch folder, inside the job's run folder.")
     save_steps: int | None = Field(
         default=None,
@@ -455,9 +504,3 @@ class TrainingConfig(_Section):
         default="auto",
         description="auto: Unsloth where CUDA and the `gpu` extra are present, else transformers + PEFT.",
     )
-
-    @model_validator(mode="after")
-    def _some_layers_train(self) -> TrainingConfig:
-        if not (self.lora.finetune_attention_modules or self.lora.finetune_mlp_modules):
-            raise ValueError("lora: at least one of finetune_attention_modules, finetune_mlp_modules must be true")
-        return self

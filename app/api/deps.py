@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from app import weights
 from app.api.schemas import ErrorBody
 from app.api.status_cache import StatusCache
 from app.core.config import Settings
@@ -50,14 +51,13 @@ def get_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
         yield session
 
 
-async def require_token(
-    settings: Annotated[Settings, Depends(get_settings)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
+def check_token(settings: Settings, authorization: str | None) -> None:
+    """401 unless `authorization` is `Bearer <one of the tokens>` (or the server has none)."""
     tokens = settings.tokens
     if not tokens:
         return
-    given = credentials.credentials.encode() if credentials else b""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
     # Compare against every token, each in constant time, so timing tells nothing about which was close.
     matches = [hmac.compare_digest(given, token) for token in tokens]
     if not any(matches):
@@ -65,6 +65,14 @@ async def require_token(
             "missing or wrong API token; send the header `Authorization: Bearer <FORGE_API_TOKEN>`",
             param="Authorization",
         )
+
+
+async def require_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    # Checked before the body is read, by app.api.yaml_body; here too, so the OpenAPI page shows the scheme.
+    check_token(settings, f"Bearer {credentials.credentials}" if credentials else None)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -80,6 +88,15 @@ def resolve_config(settings: Settings, config: TrainingConfig) -> Resolved:
 def resolve_and_validate(settings: Settings, config: TrainingConfig) -> Resolved:
     """What a submission checks before a GPU minute is spent: every file there, every row of the data valid."""
     resolved = resolve_config(settings, config)
+    model = resolved.model
+    # A local or the embedded model: its module names are known without loading it.
+    if model.kind == "embedded":
+        weights.check_target_modules(config, weights.EMBEDDED_MODULES)
+    elif model.folder is not None:
+        weights.check_target_modules(config, weights.module_names(model.folder))
+    evaluation = config.evaluation
+    if resolved.test is not None and (evaluation.baseline or evaluation.evaluate):
+        job_data.test_split(resolved.test, resolved.shown(resolved.test), evaluation.terms_field)
     report = job_data.validate(config, resolved, settings.cache_dir).report
     if not report.ok:
         raise job_data.as_error(report)

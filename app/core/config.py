@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +43,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 << 20, gt=0, description="Dataset uploads (POST /api/training/datasets) larger than this get 413."
     )
+    max_upload_rows: int = Field(
+        default=500_000, gt=0, description="Dataset uploads with more lines than this get 413 before validation."
+    )
+    host: str = Field(default="127.0.0.1", description="Where `python -m app` listens (0.0.0.0: every interface).")
+    port: int = Field(default=8000, ge=1, le=65535, description="The port `python -m app` listens on.")
+    allow_no_auth: bool = Field(
+        default=False,
+        description="Let `python -m app` listen beyond this machine without FORGE_API_TOKEN (anyone reaching the "
+        "port can train and read every artifact).",
+    )
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "forge-trainer",
         description="Where the embedded model is converted once and kept.",
@@ -64,6 +75,33 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a cancelled job may take to finish its step before it is killed.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> Settings:
+        # A worker must renew several times per lease: one late heartbeat (a slow disk, a busy database) must not
+        # hand its job to another worker while it still trains.
+        if self.heartbeat_seconds > self.lease_seconds / 3:
+            raise ValueError(
+                f"FORGE_HEARTBEAT_SECONDS={self.heartbeat_seconds:g} must be at most a third of "
+                f"FORGE_LEASE_SECONDS={self.lease_seconds:g}, so a worker renews its lease at least 3 times before it "
+                f"expires; lower the heartbeat or raise the lease to {3 * self.heartbeat_seconds:g} s or more"
+            )
+        return self
+
+    def check_serving(self) -> None:
+        """Refuse to serve beyond loopback with auth off (an empty FORGE_API_TOKEN is off) unless told to."""
+        if self.tokens or self.allow_no_auth:
+            return
+        try:
+            loopback = ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if not loopback:
+            raise ValueError(
+                f"FORGE_HOST={self.host} serves the API beyond this machine with no FORGE_API_TOKEN, so anyone who "
+                "reaches the port could train and download every artifact; set FORGE_API_TOKEN, listen on "
+                "127.0.0.1, or set FORGE_ALLOW_NO_AUTH=1 if something in front of it authenticates"
+            )
 
     @property
     def tokens(self) -> list[bytes]:

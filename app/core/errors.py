@@ -34,6 +34,11 @@ class Conflict(ForgeError):
     code = "conflict"
 
 
+class TooLarge(ForgeError):
+    status_code = 413
+    code = "request_too_large"
+
+
 class InvalidInput(ForgeError):
     status_code = 422
     code = "invalid_input"

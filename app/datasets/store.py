@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import re
 import shutil
+import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +16,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, Field
 
-from app.core.errors import InvalidInput
-from app.files import atomic
+from app.core.errors import Conflict, InvalidInput
 
 UPLOADS = Path("data") / "uploads"
 SPLITS = Path("data") / "splits"
@@ -50,11 +51,41 @@ def upload_name(name: str) -> str:
     return name
 
 
-def store(source: IO[bytes], target: Path) -> int:
-    """Copy an upload to `target` in chunks (never whole in memory); the bytes written."""
-    with atomic(target) as handle:
-        shutil.copyfileobj(source, handle, length=1 << 20)
-        return handle.tell()
+def stage(source: IO[bytes], target: Path) -> Path:
+    """Copy an upload in chunks (never whole in memory) to a hidden name of its own beside `target`: two uploads of
+    one name never share a file, and no listing or job sees it before `publish`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".upload", dir=target.parent)
+    staged = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(source, handle, length=1 << 20)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+
+
+def publish(staged: Path, target: Path, overwrite: bool) -> None:
+    """Move a validated upload in under its name in one step. Without `overwrite` the name must still be free: a
+    hard link fails when it is not, so of two uploads of one name exactly one wins and the other gets 409."""
+    if overwrite:
+        os.replace(staged, target)
+        return
+    try:
+        os.link(staged, target)
+    except FileExistsError:
+        raise Conflict(
+            f"{target.name} was stored by another upload meanwhile; send overwrite=true to replace it", code="exists"
+        ) from None
+    staged.unlink()
 
 
 def parse_ratios(value: str) -> tuple[float, float, float]:
@@ -85,14 +116,22 @@ def split(rows: list[Any], ratios: tuple[float, float, float], seed: int) -> dic
     return {name: [rows[i] for i in cuts[name]] for name in SPLIT_NAMES}
 
 
-def write_splits(project: Path, parts: dict[str, list[list[dict[str, str]]]]) -> dict[str, str]:
-    """data/splits/{train,val,test}.jsonl in the spec's ShareGPT format; their project-relative paths."""
-    written = {}
+def stage_splits(project: Path, parts: dict[str, list[list[dict[str, str]]]]) -> dict[str, Path]:
+    """The three splits written to hidden names beside their targets, for `publish_splits` to move in."""
+    staged = {}
     for name in SPLIT_NAMES:
         target = project / SPLITS / f"{name}.jsonl"
-        with atomic(target) as handle:
-            for turns in parts[name]:
-                handle.write(json.dumps({"conversations": turns}, ensure_ascii=False).encode() + b"\n")
+        body = b"".join(json.dumps({"conversations": t}, ensure_ascii=False).encode() + b"\n" for t in parts[name])
+        staged[name] = stage(io.BytesIO(body), target)
+    return staged
+
+
+def publish_splits(project: Path, staged: dict[str, Path]) -> dict[str, str]:
+    """Move staged splits into data/splits/; their project-relative paths."""
+    written = {}
+    for name, path in staged.items():
+        target = project / SPLITS / f"{name}.jsonl"
+        os.replace(path, target)
         written[name] = str(target.relative_to(project))
     return written
 

@@ -8,8 +8,12 @@ Every bad row is named by file, line, field and problem. The policy comes from t
 
 from __future__ import annotations
 
+import gc
 import json
+import re
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +26,40 @@ from app.datasets.templates import ChatTemplate
 
 # A report lists at most this many problems per file; the counts cover all of them.
 MAX_LISTED = 100
+# A conversation row is 4 levels deep; json.loads itself gives up near Python's recursion limit, mid-stack.
+MAX_ROW_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_row(raw: bytes) -> Any:
+    """One JSONL line as JSON data, or a RowProblem: not UTF-8, not JSON, nested too deeply, a number too long
+    to read, or text with an unpaired surrogate (which no tokenizer or UTF-8 file can hold)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise formats.RowProblem("not_utf8", f"is not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise formats.RowProblem("not_json", f"is not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise formats.RowProblem("too_deep", f"is nested deeper than {MAX_ROW_DEPTH} levels") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise formats.RowProblem("number_too_long", f"has a number that cannot be read: {exc}") from None
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_ROW_DEPTH:
+            raise formats.RowProblem("too_deep", f"is nested deeper than {MAX_ROW_DEPTH} levels")
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise formats.RowProblem(
+                "invalid_text",
+                "has text with an unpaired surrogate (\\ud800-\\udfff), which is not Unicode; fix "
+                "the escape or drop the row",
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return data
 
 
 class Problem(BaseModel):
@@ -137,8 +175,8 @@ class _FileValidator:
     def detect(self, path: Path) -> str | None:
         for _, raw in _lines(path):
             try:
-                found = formats.detect(json.loads(raw))
-            except ValueError:
+                found = formats.detect(parse_row(raw))
+            except formats.RowProblem:
                 continue
             if found:
                 return found
@@ -199,12 +237,9 @@ class _FileValidator:
                 continue
             count += 1
             try:
-                data = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                self.problem(number, "not_utf8", f"is not UTF-8 text (byte {exc.start}); save the file as UTF-8")
-                continue
-            except json.JSONDecodeError as exc:
-                self.problem(number, "not_json", f"is not JSON: {exc.msg} at column {exc.colno}")
+                data = parse_row(raw)
+            except formats.RowProblem as problem:
+                self.problem(number, problem.code, problem.message)
                 continue
             if not fmt:
                 self.problem(
@@ -296,6 +331,29 @@ def _verdict(report: FileReport, rules: Rules) -> str | None:
     return None
 
 
+_gc_lock = threading.Lock()
+_gc_holders = 0
+
+
+@contextmanager
+def _no_collector_pauses() -> Iterator[None]:
+    """The cyclic collector off while rows are checked. A large file is hundreds of thousands of new objects, none
+    in a cycle (reference counting frees them); each full collection over them stopped every thread of the API,
+    its event loop too, for up to a second."""
+    global _gc_holders
+    with _gc_lock:
+        _gc_holders += 1
+        if _gc_holders == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0:
+                gc.enable()
+
+
 @dataclass
 class Validated:
     report: Report
@@ -312,10 +370,11 @@ def validate_files(
     """Validate (param, path, shown name) files in order; a later file's rows are also compared with earlier ones."""
     results: dict[str, FileResult] = {}
     seen: dict[str, tuple[str, int]] = {}
-    for param, path, shown in files:
-        result, keys = _FileValidator(shown, param, rules, template, lengths).run(path, seen)
-        seen.update({key: (shown, line) for key, line in keys.items() if key not in seen})
-        results[param] = result
+    with _no_collector_pauses():
+        for param, path, shown in files:
+            result, keys = _FileValidator(shown, param, rules, template, lengths).run(path, seen)
+            seen.update({key: (shown, line) for key, line in keys.items() if key not in seen})
+            results[param] = result
     verdicts = [v for v in (_verdict(r.report, rules) for r in results.values()) if v]
     reports = [r.report for r in results.values()]
     if verdicts:
@@ -342,3 +401,30 @@ def validate_files(
         ),
         results,
     )
+
+
+def check_test_rows(path: Path, shown: str, terms_field: str) -> list[Problem]:
+    """The test split read as the baseline and evaluate steps read it (each row in the format its keys tell, its
+    own expected terms a list of strings): every problem, by line; any one would fail those steps."""
+    problems: list[Problem] = []
+    rows = 0
+    for number, raw in _lines(path):
+        if not raw.strip():
+            continue
+        rows += 1
+        try:
+            data = parse_row(raw)
+            converted = formats.convert(data, formats.detect(data) or "sharegpt")
+            formats.check_order(converted)
+            terms = data.get(terms_field, [])
+            if not isinstance(terms, list) or not all(isinstance(t, str) and t.strip() for t in terms):
+                raise formats.RowProblem("invalid_terms", "must be a list of non-empty strings", terms_field)
+        except formats.RowProblem as problem:
+            problems.append(
+                Problem(file=shown, line=number, field=problem.field, code=problem.code, message=problem.message)
+            )
+    if rows == 0:
+        problems.append(
+            Problem(file=shown, line=None, field=None, code="no_rows", message="has no rows to evaluate on")
+        )
+    return problems

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import SettingsDep, error_responses, require_token, resolve_config
 from app.api.yaml_body import YAMLBodyRoute
-from app.core.errors import Conflict
+from app.core.errors import Conflict, TooLarge
 from app.datasets import job_data, store, templates, tokenizers
 from app.datasets.validation import Report, Rules, validate_files
 from app.resolve import model_source, template_for
@@ -57,6 +57,7 @@ class Uploaded(BaseModel):
     responses=error_responses(
         e409="A dataset of that name, or the splits, exist; send overwrite=true",
         e411="No Content-Length header",
+        e413="The upload is over FORGE_MAX_UPLOAD_BYTES or FORGE_MAX_UPLOAD_ROWS",
     ),
 )
 def upload(
@@ -115,35 +116,41 @@ def upload(
         }
     )
     source = model_source(model, project, settings.model_dirs)
-    measured = job_data.measure(source, template_for(config, source), settings.cache_dir)
+    template = template_for(config, source).name
+    model_dirs = list(settings.model_dirs)
     shown = str(target.relative_to(project))
-    # Stored under a hidden name first: a file that fails validation is never in data/ under its name.
-    staging = target.with_name(f".{filename}.upload")
+    # Stored under a hidden name of its own first: a file that fails validation is never in data/ under its name.
+    staging = store.stage(file.file, target)
+    checked: job_data.UploadChecked | None = None
     try:
-        store.store(file.file, staging)
-        with tokenizers.LOCK:
-            checked = validate_files(
-                [("dataset.path", staging, shown)],
-                Rules.of(config),
-                measured.template,
-                measured.lengths,
-                measured.note,
+        lines = store.count_lines(staging)
+        if lines > settings.max_upload_rows:
+            raise TooLarge(
+                f"the upload has {lines} lines, over the {settings.max_upload_rows}-row limit (FORGE_MAX_UPLOAD_ROWS); "
+                "split it into smaller files",
+                code="too_many_rows",
+                param="file",
             )
+        dirs = (project, model_dirs, settings.cache_dir)
+        split_with = (ratios, seed) if ratios else None
+        checked = job_data.in_child(
+            job_data.upload, staging, shown, Rules.of(config), model, template, dirs, split_with
+        )
         if not checked.report.ok:
             raise job_data.as_error(checked.report)
-        staging.replace(target)
+        store.publish(staging, target, overwrite)
+        written = store.publish_splits(project, checked.splits) if checked.splits else None
     finally:
         staging.unlink(missing_ok=True)
+        for leftover in (checked.splits or {}).values() if checked else ():
+            leftover.unlink(missing_ok=True)
     report = checked.report
-    written = counts = None
-    if ratios:
-        turns = [row.turns for row in checked.results["dataset.path"].rows]
-        parts = store.split(turns, ratios, seed)
-        written = store.write_splits(project, parts)
-        counts = {name: len(rows) for name, rows in parts.items()}
     stat = target.stat()
     return Uploaded(
-        dataset=store.info(target, project, stat, report.files[0]), report=report, splits=written, split_rows=counts
+        dataset=store.info(target, project, stat, report.files[0]),
+        report=report,
+        splits=written,
+        split_rows=checked.split_rows,
     )
 
 

@@ -35,6 +35,7 @@ NOT_FOUND = error_responses(e404="No such job")
 IdempotencyKey = Annotated[
     str | None,
     Header(
+        min_length=1,
         max_length=255,
         description="Retrying a POST with the same key returns the job the first one created "
         "(the same key with a different request is a 409).",
