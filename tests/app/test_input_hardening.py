@@ -27,7 +27,9 @@ from pydantic import SecretStr, ValidationError
 from app.core.config import Settings
 from app.main import create_app
 from tests.app.test_api import SPEC_CONFIG
-from tests.conftest import ROOT, Processes, process_env, tiny_config
+from tests.conftest import ROOT, tiny_config
+from tests.e2e.conftest import Processes, process_env
+from tests.e2e.conftest import processes as processes  # the real API process fixture, shared with tests/e2e
 
 TOKEN = "hardening-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Processes, tiny_config, wait_for
+from tests.conftest import tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 
 def _job(client: httpx.Client, job_id: str) -> dict:
