@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,9 @@ from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from app import events
 from app.core.errors import Conflict, NotFound
+from app.events import EventLevel, EventType
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import ExportRequest, TrainingConfig
 
@@ -48,6 +50,15 @@ def create(
             return existing, False
     job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest, kind=kind, source_job_id=source_job_id)
     session.add(job)
+    what = "export job" if kind == JobKind.export else "job"
+    session.add(
+        events.new(
+            job.id,
+            EventType.queued,
+            f"{what} queued" + (f" (exporting job {source_job_id})" if source_job_id else ""),
+            events.QueuedData(kind=kind.value, source_job_id=source_job_id),
+        )
+    )
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key got there first
@@ -148,12 +159,16 @@ def request_cancel(session: Session, job_id: str) -> Job:
             updated_at=now,
         )
     )
-    if queued.rowcount == 0:  # type: ignore[attr-defined]
-        session.execute(
+    if queued.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, _cancel_events(job_id, JobStatus.cancelled))
+    else:
+        running = session.execute(
             update(Job)
             .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running))
             .values(status=JobStatus.cancelling, cancel_requested=True, cancel_requested_at=now, updated_at=now)
         )
+        if running.rowcount == 1:  # type: ignore[attr-defined]
+            events.add(session, _cancel_events(job_id, JobStatus.cancelling))
     session.commit()
     job = get(session, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -163,6 +178,33 @@ def request_cancel(session: Session, job_id: str) -> Job:
             param="job_id",
         )
     return job
+
+
+def _cancel_events(job_id: str, status: JobStatus) -> list[events.Event]:
+    asked = events.new(
+        job_id,
+        EventType.cancel_requested,
+        "cancel requested"
+        + ("; the job stops at the end of its current step" if status == JobStatus.cancelling else ""),
+        events.CancelData(status=status.value),
+    )
+    if status != JobStatus.cancelled:
+        return [asked]
+    return [asked, _finished_event(job_id, JobStatus.cancelled, None, None)]
+
+
+def _finished_event(job_id: str, status: JobStatus, error_code: str | None, error_message: str | None) -> events.Event:
+    data = events.FinishedData(status=status.value, error_code=error_code, error_message=error_message)
+    if status == JobStatus.failed:
+        message = f"job failed ({error_code}): {error_message}"
+        return events.new(job_id, EventType.failed, message, data, EventLevel.error)
+    return events.new(job_id, EventType(status.value), f"job {status.value}", data)
+
+
+def _requeued_event(job_id: str, reason: str, checkpoint: str | None) -> events.Event:
+    where = f"resumes from {checkpoint}" if checkpoint else "starts over"
+    data = events.RequeuedData(reason=reason, resume_from=checkpoint)  # type: ignore[arg-type]
+    return events.new(job_id, EventType.requeued, f"back in the queue ({reason}); {where}", data)
 
 
 def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
@@ -187,6 +229,15 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | 
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
         )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            attempt, resume_from = session.execute(
+                select(Job.attempt, Job.resume_from).where(Job.id == candidate)
+            ).one()
+            message = f"started on worker {worker_id} (attempt {attempt})"
+            if resume_from:
+                message += f", resuming from {resume_from}"
+            data = events.StartedData(attempt=attempt, worker_id=worker_id, resume_from=resume_from)
+            session.add(events.new(candidate, EventType.started, message, data))
         session.commit()
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             return get(session, candidate)
@@ -217,10 +268,13 @@ def renew_lease(session: Session, job: Job, lease_seconds: float) -> bool | None
     return status == JobStatus.cancelling
 
 
-def record_progress(session: Session, job: Job, **fields: Any) -> bool:
-    """Write progress fields (step, loss, phase, ...) while the job is still ours."""
+def record_progress(session: Session, job: Job, new_events: Sequence[events.Event] = (), **fields: Any) -> bool:
+    """Write progress fields (step, loss, phase, ...) and the events since the last write, while the job is
+    still ours: one transaction for all of them."""
     fields["updated_at"] = utcnow()
     result = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**fields))
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, new_events)
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
@@ -252,6 +306,8 @@ def finish(
     if result is not None:
         values["result"] = result
     outcome = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**values))
+    if outcome.rowcount == 1:  # type: ignore[attr-defined]
+        session.add(_finished_event(job.id, status, error_code, error_message))
     session.commit()
     return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
@@ -260,6 +316,8 @@ def requeue(session: Session, job: Job, checkpoint: str | None) -> bool:
     """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown)."""
     values = _requeued(checkpoint)
     outcome = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**values))
+    if outcome.rowcount == 1:  # type: ignore[attr-defined]
+        session.add(_requeued_event(job.id, "shutdown", checkpoint))
     session.commit()
     return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
@@ -296,11 +354,13 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
             param="job_id",
         )
     values = _requeued(checkpoint) | {"error_code": None, "error_message": None, "finished_at": None}
-    session.execute(
+    resumed = session.execute(
         update(Job)
         .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.failed, col(Job.error_code) == job.error_code))
         .values(**values)
     )
+    if resumed.rowcount == 1:  # type: ignore[attr-defined]
+        session.add(_requeued_event(job_id, "resume", checkpoint))
     session.commit()
     return get(session, job_id)
 
@@ -346,5 +406,9 @@ def expire_lost(
         )
         if outcome.rowcount == 1:  # type: ignore[attr-defined]
             settled.append((job.id, status))
+            if status == JobStatus.queued:
+                session.add(_requeued_event(job.id, "worker_lost", checkpoint))
+            else:
+                session.add(_finished_event(job.id, status, values.get("error_code"), values.get("error_message")))
     session.commit()
     return settled

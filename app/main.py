@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import checkpoints, jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import datasets, training
+from app.api.routes import checkpoints as checkpoint_routes
+from app.api.routes import datasets, events, openai, training
 from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import ForgeError
@@ -80,7 +81,7 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in [*training.router.routes, *datasets.router.routes]:
+    for route in [*training.router.routes, *datasets.router.routes, *events.router.routes, *openai.router.routes]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -139,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(training.router)
     app.include_router(datasets.router)
+    app.include_router(events.router)
+    app.include_router(checkpoint_routes.router)
+    app.include_router(openai.router)  # the OpenAI-compatible surface, under /v1
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -150,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
-        uploads={datasets.router.prefix: settings.max_upload_bytes},
+        uploads={datasets.router.prefix: settings.max_upload_bytes, openai.FILES_PATH: settings.max_upload_bytes},
     )
     return app
 

@@ -108,6 +108,10 @@ CountOrAuto = Annotated[
 ]
 
 
+def _none_is_empty(value: object) -> object:
+    return [] if value == "none" else value
+
+
 class TrainingSection(_Section):
     per_device_train_batch_size: CountOrAuto = Field(
         default=2,
@@ -165,6 +169,11 @@ class TrainingSection(_Section):
     )
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
+    )
+    report_to: Annotated[list[Literal["tensorboard"]], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list,
+        description='Where the trainer also logs its metrics: ["tensorboard"] writes event files under '
+        'logs/tensorboard in the run folder; [] or "none": nowhere else.',
     )
 
     @field_validator("output_dir")

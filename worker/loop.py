@@ -18,6 +18,7 @@ from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
+from worker.events import JobEvents
 from worker.runner import CANCEL, RUN, SHUTDOWN, JobSpec, child_main
 
 log = logging.getLogger("forge.worker")
@@ -157,6 +158,7 @@ class Worker:
 
     def _supervise(self, job: Job, child: Any, conn: Any, stop_flag: Any) -> dict[str, Any] | None:
         pending: dict[str, Any] = {}
+        recorder = JobEvents(job.id, job.config["training"]["output_dir"])  # events, written with the progress
         last_flush = 0.0
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         stop_asked_at: float | None = None
@@ -168,15 +170,16 @@ class Worker:
                 except EOFError:
                     break
                 kind = message.pop("type")
+                recorder.observe(kind, message)
                 if kind in ("succeeded", "failed", "stopped", "interrupted"):
-                    self._flush(job, pending)
+                    self._flush(job, pending, recorder)
                     return {"type": kind, "reason": reason, **message}
                 if kind == "progress":
                     pending.update({k: v for k, v in message.items() if v is not None})
                 elif kind == "phase":
                     # A new phase starts without the previous one's progress line.
                     pending.update(phase=JobPhase(message["phase"]), phase_progress=None, phase_detail=None)
-                    self._flush(job, pending)
+                    self._flush(job, pending, recorder)
                     last_flush = time.monotonic()
                 elif kind == "backend":
                     pending["backend"] = message["backend"]
@@ -187,8 +190,8 @@ class Worker:
             elif not child.is_alive():
                 break
             now = time.monotonic()
-            if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
-                self._flush(job, pending)
+            if (pending or recorder.buffer) and now - last_flush >= PROGRESS_FLUSH_SECONDS:
+                self._flush(job, pending, recorder)
                 last_flush = now
             if now >= next_heartbeat:
                 next_heartbeat = now + self.settings.heartbeat_seconds
@@ -209,14 +212,14 @@ class Worker:
                 log.warning("job %s did not stop within %.0fs; killing it", job.id, self.settings.cancel_grace_seconds)
                 child.kill()
                 return {"type": "stopped", "reason": reason, "killed": True}
-        self._flush(job, pending)
+        self._flush(job, pending, recorder)
         return None if not reason else {"type": "stopped", "reason": reason}
 
-    def _flush(self, job: Job, pending: dict[str, Any]) -> None:
-        if not pending:
+    def _flush(self, job: Job, pending: dict[str, Any], recorder: JobEvents) -> None:
+        if not pending and not recorder.buffer:
             return
         with self.db.session() as session:
-            jobs.record_progress(session, job, **pending)
+            jobs.record_progress(session, job, recorder.take(), **pending)
         pending.clear()
         self._write_status()
 

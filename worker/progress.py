@@ -98,6 +98,12 @@ class ProgressCallback(TrainerCallback):
         if "learning_rate" in logs:
             update["learning_rate"] = float(logs["learning_rate"])
         self.report(update)
+        # Everything logged, for the job's events (worker/events.py).
+        self.report({"type": "metrics", "step": state.global_step, "epoch": entry["epoch"], "logs": dict(logs)})
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step
+        self.report({"type": "checkpoint", "step": step, "name": f"checkpoint-{step}"})
 
     def _check_divergence(self, loss: float, grad_norm: float, step: int, control: Any) -> None:
         if self.first_loss is None and math.isfinite(loss):

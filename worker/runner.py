@@ -292,7 +292,10 @@ class JobRunner:
         self.phase(JobPhase.training)
         progress = ProgressCallback(self.report, self.stop_mode)
         args = sft_config(self.config, self.run_dir, batch, evaluate=eval_dataset is not None)
-        trainer = backend.make_trainer(model, tokenizer, dataset, args, [progress], eval_dataset)
+        from worker import reporting
+
+        callbacks = [progress, *reporting.callbacks(self.config, self.run_dir)]  # training.report_to
+        trainer = backend.make_trainer(model, tokenizer, dataset, args, callbacks, eval_dataset)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
         resume = str(self.run_dir / self.spec.resume_from) if self.spec.resume_from else None
         if resume:
@@ -312,7 +315,7 @@ class JobRunner:
         save = self.config.save
         lora_path = self.run_dir / save.lora_path
         backend.save_lora(model, tokenizer, str(lora_path))
-        self.report({"type": "checkpoint"})
+        self.report({"type": "checkpoint", "path": save.lora_path})
         exports: dict[str, Any] = {"lora": save.lora_path}
         merged_dir = self.merged_dir()
         if merged_dir is not None:

@@ -1,0 +1,34 @@
+"""/api/training/jobs/{id}/checkpoints: a job's training checkpoints with their metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from app import artifacts, checkpoints, jobs
+from app.api.deps import SessionDep, SettingsDep, require_token
+from app.checkpoints import CheckpointList
+from app.models import ErrorBody
+
+router = APIRouter(
+    prefix="/api/training/jobs",
+    tags=["checkpoints"],
+    dependencies=[Depends(require_token)],
+    responses={
+        401: {"model": ErrorBody, "description": "No token, or a wrong one (when the server has FORGE_API_TOKEN)"}
+    },
+)
+
+
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=CheckpointList,
+    summary="A job's training checkpoints",
+    responses={404: {"model": ErrorBody, "description": "No such job"}},
+)
+def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep) -> CheckpointList:
+    """Each checkpoint-N folder in training.output_dir (every training.save_steps; save_total_limit are kept):
+    its step, epoch, the train and validation loss logged up to it, its size, and whether it is complete enough
+    to resume from. Download its files from .../artifacts/<path>/..."""
+    job = jobs.get(session, job_id)
+    run = artifacts.run_dir(settings.runs_dir, job.id)
+    return CheckpointList(job_id=job.id, items=checkpoints.listing(run, job.config["training"]["output_dir"]))
