@@ -22,6 +22,10 @@ def _metric_text(name: str, value: float | None) -> str:
     return f"{name} {value:.4g}" if value is not None else f"{name} n/a"
 
 
+# The metrics a message names first (the rest are in `data`).
+LEADING = ("loss", "eval_loss", "learning_rate", "grad_norm", "train_loss", "train_runtime")
+
+
 class JobEvents:
     """Turns the training process's messages into events for one job attempt."""
 
@@ -57,7 +61,7 @@ class JobEvents:
             for name, value in message["logs"].items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         }
-        shown = [_metric_text(n, logged[n]) for n in ("loss", "eval_loss", "learning_rate", "grad_norm") if n in logged]
+        shown = [_metric_text(n, logged[n]) for n in LEADING if n in logged]
         step = int(message["step"])
         text = f"step {step}: " + (", ".join(shown) if shown else ", ".join(sorted(logged)))
         data = events.MetricsData(step=step, epoch=float(message["epoch"]), metrics=logged)

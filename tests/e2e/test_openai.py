@@ -90,7 +90,7 @@ def test_fine_tune_through_the_openai_sdk(processes: Processes, project: Path, t
     assert ids == sorted(ids, reverse=True) and len(ids) == len(set(ids))
     assert events[0].message == "job succeeded" and events[-1].message.startswith("job queued")
     metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and all(e.level == "info" for e in events)
+    assert metrics and {e.level for e in events} <= {"info", "warn"}  # a gate the random model fails warns
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [8, 4]
