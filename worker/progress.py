@@ -97,9 +97,9 @@ class ProgressCallback(TrainerCallback):
             self._check_divergence(loss, float(logs.get("grad_norm", 0.0)), state.global_step, control)
         if "learning_rate" in logs:
             update["learning_rate"] = float(logs["learning_rate"])
-        self.report(update)
         # Everything logged, for the job's events (worker/events.py).
         self.report({"type": "metrics", "step": state.global_step, "epoch": entry["epoch"], "logs": dict(logs)})
+        self.report(update)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         step = state.global_step

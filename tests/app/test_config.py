@@ -17,6 +17,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "save_steps": None,
         "save_total_limit": 2,
         "resume_on_worker_lost": True,
+        "report_to": [],
         "eval_steps": None,
         "effective_batch_size": None,
         "auto_batch_memory_fraction": 0.9,
