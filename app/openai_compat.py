@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path, PurePath
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import JSON, Column
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
@@ -227,8 +227,16 @@ def training_config(session: Session, project: Path, request: JobRequest) -> Tra
             wanted["evaluation"] = {"test_path": wanted["dataset"]["val_path"]}
         elif not (project / TrainingConfig().evaluation.test_path).is_file():
             wanted["evaluation"] = {"baseline": False, "evaluate": False}
-    data = _merge(forge, wanted)
-    return TrainingConfig.model_validate(data)
+    try:
+        return TrainingConfig.model_validate(_merge(forge, wanted))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        param = ".".join(str(part) for part in problem["loc"])
+        raise InvalidInput(
+            f"{param}: {problem['msg']} (set from hyperparameters, seed, or the `forge` config)",
+            code="invalid_config",
+            param=param,
+        ) from None
 
 
 def record_job(session: Session, job: Job, request: JobRequest) -> OpenAIJob:
