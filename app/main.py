@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import datasets, training
+from app.api.routes import datasets, training, workers
 from app.api.status_cache import StatusCache
 from app.core.config import Settings, get_settings
 from app.core.db import Database
@@ -82,7 +82,7 @@ async def _reap_lost_jobs(db: Database, settings: Settings) -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in [*training.router.routes, *datasets.router.routes]:
+    for route in [*training.router.routes, *datasets.router.routes, *workers.router.routes]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(training.router)
+    app.include_router(workers.router)
     app.include_router(datasets.router)
     if settings.cors_origins:
         app.add_middleware(
