@@ -25,6 +25,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import ForgeError
 from app.run_folder import checkpoint_finder
+from app.web import routes as web
 
 log = logging.getLogger("forge.api")
 
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(training.router)
     app.include_router(datasets.router)
+    web.install(app)  # the dashboard at `/`
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
