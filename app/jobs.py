@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, update
+from sqlalchemy import String, and_, cast, func, not_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -166,11 +166,22 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
-    """Take the oldest queued job. The status guard makes the claim exclusive across processes."""
+def fits(gpus: int) -> Any:
+    """The jobs a worker with `gpus` GPUs can run: training.num_gpus at most that, or "all" (old jobs, without the
+    key, ask for one); an export job runs in one process whatever its config says."""
+    asked = cast(col(Job.config)[("training", "num_gpus")].as_string(), String)  # '2' or 'all' on both databases
+    return or_(col(Job.kind) != JobKind.training, func.coalesce(asked, "1").in_([*map(str, range(1, gpus + 1)), "all"]))
+
+
+def claim_next(session: Session, worker_id: str, lease_seconds: float, gpus: int = 1) -> Job | None:
+    """Take the oldest queued job that fits a worker with `gpus` GPUs. The status guard makes the claim exclusive
+    across processes."""
     while True:
         candidate = session.exec(
-            select(Job.id).where(Job.status == JobStatus.queued).order_by(col(Job.created_at), col(Job.id)).limit(1)
+            select(Job.id)
+            .where(Job.status == JobStatus.queued, fits(gpus))
+            .order_by(col(Job.created_at), col(Job.id))
+            .limit(1)
         ).first()
         if candidate is None:
             return None

@@ -145,6 +145,10 @@ CountOrAuto = Annotated[
 ]
 
 
+MAX_GPUS = 64  # one host's GPUs: torchrun --standalone starts every rank on the worker's machine
+GpuCount = Annotated[int, Field(ge=1, le=MAX_GPUS)] | Literal["all"]
+
+
 class TrainingSection(_Section):
     per_device_train_batch_size: CountOrAuto = Field(
         default=2,
@@ -155,8 +159,9 @@ class TrainingSection(_Section):
     )
     gradient_accumulation_steps: CountOrAuto = Field(
         default=4,
-        description='Steps per optimizer step. "auto" (implied by an auto batch): effective_batch_size divided by '
-        "the per-device batch, rounded up.",
+        description="Micro-batches per optimizer step, over all ranks (with num_gpus N each rank accumulates 1/N "
+        'of them). "auto" (implied by an auto batch): effective_batch_size divided by the per-device batch and the '
+        "ranks, rounded up.",
     )
     effective_batch_size: int | None = Field(
         default=None,
@@ -164,6 +169,13 @@ class TrainingSection(_Section):
         le=65536,
         description=f"Examples per optimizer step that the auto settings keep; null: {DEFAULT_EFFECTIVE_BATCH} "
         "(the spec's 2 x 4). Only with an auto batch or accumulation.",
+    )
+    num_gpus: GpuCount = Field(
+        default=1,
+        description='GPUs the job trains on, one DDP rank each (torchrun); "all": every GPU of the worker that claims '
+        "it. The global batch stays per_device_train_batch_size x gradient_accumulation_steps (or "
+        "effective_batch_size): each rank accumulates its share, and result.batch_size reports per-device batch x "
+        "accumulation x ranks.",
     )
     auto_batch_memory_fraction: float = Field(
         default=0.9,
@@ -237,6 +249,13 @@ class TrainingSection(_Section):
                 "effective_batch_size is used only with an 'auto' per_device_train_batch_size or "
                 "gradient_accumulation_steps; with fixed numbers the effective batch is their product"
             )
+        ranks, steps = self.num_gpus, self.gradient_accumulation_steps
+        if isinstance(ranks, int) and isinstance(steps, int) and steps % ranks:
+            raise ValueError(
+                f"with num_gpus {ranks} each rank accumulates gradient_accumulation_steps / {ranks} micro-batches, so "
+                f"gradient_accumulation_steps ({steps}) must be a multiple of {ranks}; set it to "
+                f"{-(-steps // ranks) * ranks}, or to 'auto' with effective_batch_size"
+            )
         return self
 
     @property
@@ -248,12 +267,12 @@ class TrainingSection(_Section):
             return self.per_device_train_batch_size * self.gradient_accumulation_steps
         return DEFAULT_EFFECTIVE_BATCH
 
-    def accumulation_for(self, batch: int) -> int:
-        """The gradient accumulation that goes with a per-device batch: the configured one, or the effective
-        batch divided by it, rounded up."""
+    def accumulation_for(self, batch: int, ranks: int = 1) -> int:
+        """Each rank's gradient accumulation with a per-device batch: its share of the configured one, or the
+        effective batch divided by the batch and the ranks; rounded up (exact when num_gpus is a number)."""
         if isinstance(self.gradient_accumulation_steps, int):
-            return self.gradient_accumulation_steps
-        return -(-self.effective_batch // batch)
+            return -(-self.gradient_accumulation_steps // ranks)
+        return -(-self.effective_batch // (batch * ranks))
 
 
 class DatasetSection(_Section):

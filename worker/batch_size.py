@@ -25,6 +25,7 @@ import torch
 
 from app.datasets.encoding import Encoded
 from app.training_config import TrainingConfig
+from worker import ranks
 from worker.devices import compute_dtype
 
 log = logging.getLogger("forge.worker")
@@ -47,19 +48,20 @@ class Trial:
 
 @dataclass
 class BatchPlan:
-    """What the trainer runs with: per-device batch x accumulation = the effective batch."""
+    """What the trainer runs with: per-device batch x accumulation (each rank's) x ranks = the effective batch."""
 
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
     auto: bool
     effective_batch_size: int = 0
+    ranks: int = 1  # DDP processes, one per GPU (training.num_gpus)
     sequence_length: int | None = None  # of the rows the measured passes ran on
     device: str | None = None
     limit_gib: float | None = None
     trials: list[Trial] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.effective_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        self.effective_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.ranks
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,13 +88,28 @@ def plan(
     rows: list[Encoded],
     progress: Callable[[float, str], None] = lambda fraction, detail: None,
 ) -> BatchPlan:
-    """The batch the job trains with: the configured one, or the measured largest that fits."""
+    """The batch each DDP rank trains with: the configured one, or the measured largest that fits (measured on
+    rank 0, the same for every rank)."""
+    return ranks.from_leader(lambda: _plan(config, model, rows, progress, ranks.count()))
+
+
+def _plan(
+    config: TrainingConfig, model: Any, rows: list[Encoded], progress: Callable[[float, str], None], count: int
+) -> BatchPlan:
     training = config.training
     batch = training.per_device_train_batch_size
     if isinstance(batch, int):
-        return BatchPlan(batch, training.accumulation_for(batch), auto=False)
+        fixed = BatchPlan(batch, training.accumulation_for(batch, count), auto=False, ranks=count)
+        if fixed.effective_batch_size != training.effective_batch:  # num_gpus "all" on a count that does not divide
+            log.warning(
+                "%d ranks: %d examples per optimizer step instead of %d",
+                count,
+                fixed.effective_batch_size,
+                training.effective_batch,
+            )
+        return fixed
     # A batch larger than the data is never a full one.
-    cap = max(1, min(training.effective_batch, len(rows)))
+    cap = max(1, min(-(-training.effective_batch // count), len(rows)))
     longest = max(rows, key=lambda row: len(row.input_ids)).input_ids
     device = next(model.parameters()).device
     meter = _meter(device)
@@ -130,17 +147,19 @@ def plan(
     picked = max(fitting)
     result = BatchPlan(
         picked,
-        training.accumulation_for(picked),
+        training.accumulation_for(picked, count),
         auto=True,
+        ranks=count,
         sequence_length=len(longest),
         device=device.type,
         limit_gib=round(limit / GIB, 3),
         trials=trials,
     )
     log.info(
-        "per_device_train_batch_size auto: %d (x %d accumulation = %d per optimizer step), tried %s",
+        "per_device_train_batch_size auto: %d (x %d accumulation x %d ranks = %d per optimizer step), tried %s",
         result.per_device_train_batch_size,
         result.gradient_accumulation_steps,
+        count,
         result.effective_batch_size,
         ", ".join(f"{t.batch}: {t.peak_gib if t.peak_gib is not None else 'out of memory'}" for t in trials),
     )

@@ -32,30 +32,39 @@ def child_main(conn: Any, stop_flag: Any, lease_deadline: Any = None) -> None:
     compiled kernels still in memory, most of the compiling. After a job that did not end cleanly (a failure,
     a shutdown) it exits, so that a broken CUDA context or a half-patched library never meets the next job.
     """
-    # First of all: die with the worker, or when its lease can no longer be proved (worker/lease.py).
-    lease.guard(lease_deadline)
-    # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    prepare_process(lease_deadline)
     jobs_run = 0
     while True:
         try:
             spec = conn.recv()
         except EOFError:  # the worker closed the pipe: it retires this process
             return
-        # Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
-        # container keeps on a volume: a new process on this machine skips most of the minutes of compiling.
-        compile_cache = Path(spec.cache_dir) / "compile"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
-        os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+        use_compile_cache(spec)
         reusable = run_one(spec, conn, stop_flag, warm=jobs_run > 0)
         jobs_run += 1
         if not reusable:
             conn.close()
             return
+
+
+def prepare_process(lease_deadline: Any, parent_pid: int | None = None) -> None:
+    """What a training process (or a DDP rank, started by `parent_pid`) sets up before its first job."""
+    # First of all: die with the worker, or when its lease can no longer be proved (worker/lease.py).
+    lease.guard(lease_deadline, parent_pid)
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides when a job stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def use_compile_cache(spec: JobSpec) -> None:
+    """Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
+    container keeps on a volume: a new process on this machine skips most of the minutes of compiling."""
+    compile_cache = Path(spec.cache_dir) / "compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
 def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
     """Run one job and send its outcome; True when this process is fit for another job."""
     run = RunFolder(Path(spec.run_dir), TrainingConfig.model_validate(spec.config))
-    handler = _setup_logging(run.log_file)
+    handler = log_to(run.log_file)
     reporter = Reporter(conn, stop_flag)
     reusable = False
     try:
@@ -118,7 +127,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "training_failed", f"{name}: {exc}"
 
 
-def _setup_logging(log_file: Path) -> logging.Handler:
+def log_to(log_file: Path) -> logging.Handler:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

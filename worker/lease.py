@@ -48,6 +48,13 @@ class LeaseClock:
         self.shared = context.RawValue("d", DISARMED)
         self.lease_seconds = lease_seconds
 
+    @classmethod
+    def over(cls, shared: Any, lease_seconds: float) -> LeaseClock:
+        """A clock on a deadline shared otherwise (a `.value` double: worker/distributed.py's flags file)."""
+        clock = cls.__new__(cls)
+        clock.shared, clock.lease_seconds = shared, lease_seconds
+        return clock
+
     def renewed(self, started_at: float) -> None:
         """The lease was renewed (or claimed) by a write that started at monotonic time `started_at`: the database
         counts the lease from a moment after it."""
@@ -62,16 +69,18 @@ class LeaseClock:
         return None if deadline == DISARMED else deadline - time.monotonic()
 
 
-def guard(deadline: Any | None) -> None:
-    """Tie this training process to its worker: die with it, and end when the lease deadline passes."""
-    _die_with_parent()
+def guard(deadline: Any | None, parent_pid: int | None = None) -> None:
+    """Tie this training process to its worker (or to `parent_pid`, the torchrun agent that started this rank):
+    die with it, and end when the lease deadline passes."""
+    parent = multiprocessing.parent_process()
+    die_with_parent(parent_pid or (parent.pid if parent is not None else None))
     if deadline is None:  # run without a worker's lease (a test calling child_main directly)
         return
     threading.Thread(target=_watch, args=(deadline,), name="lease-watchdog", daemon=True).start()
 
 
-def _die_with_parent() -> None:
-    parent = multiprocessing.parent_process()
+def die_with_parent(parent_pid: int | None) -> None:
+    """Be killed when the process that started this one dies; exit at once if `parent_pid` is already gone."""
     if sys.platform.startswith("linux"):
         # SIGKILL as soon as the worker dies. The kernel sends it when the thread that started this process
         # exits: the worker starts its training processes from its main thread, so that is the worker's death.
@@ -79,7 +88,7 @@ def _die_with_parent() -> None:
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             log.warning("could not ask for a parent-death signal (errno %d)", ctypes.get_errno())
     # The worker may have died before the request above: this process was then already handed to another parent.
-    if parent is not None and os.getppid() != parent.pid:
+    if parent_pid is not None and os.getppid() != parent_pid:
         os.write(2, b"forge: the worker died before its training process started; exiting\n")
         os._exit(EXIT_ORPHANED)
 

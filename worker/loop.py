@@ -27,8 +27,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
-from worker import faults, supervision
-from worker.child import child_main
+from worker import distributed, faults, supervision
 from worker.lease import EXIT_LEASE_LOST, LeaseClock
 from worker.protocol import (
     BackendChosen,
@@ -58,6 +57,7 @@ class Worker:
         self.settings = settings
         self.db = Database(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.gpus = distributed.worker_gpus()
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
@@ -98,7 +98,8 @@ class Worker:
     def _claim(self, session: Session) -> Job | None:
         for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
             log.warning("job %s lost its worker; now %s", job_id, status.value)
-        return jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+        # A job asking for more GPUs than this worker has waits for a worker that has them.
+        return jobs.claim_next(session, self.worker_id, self.settings.lease_seconds, distributed.capacity(self.gpus))
 
     def checkpoint_of(self, job: Job) -> str | None:
         return checkpoint_finder(self.settings.runs_dir)(job)
@@ -149,7 +150,7 @@ class Worker:
             source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
             model_dirs=[str(d) for d in self.settings.model_dirs],
         )
-        child = self._child_for(job.training_config.backend)
+        child = self._child_for(job, spec)
         child.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
         try:  # starting a training process can take long: give it a fresh lease
             if self._renew(job, child.lease) is None:
@@ -167,7 +168,7 @@ class Worker:
             # Recorded before waiting for the process to exit: no lease is renewed while it tears down
             # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
             self._finish(job, ending, None)
-        if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
+        if not clean or not child.reusable or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
             self._retire_child()  # also collects the exit code of a child that died
         else:
             child.idle_since = time.monotonic()
@@ -175,25 +176,23 @@ class Worker:
             self._finish(job, ending, child.process.exitcode)
 
     # -- the training process, kept warm between jobs ------------------------------------------------------
-    def _child_for(self, backend: str) -> _Child:
-        """The warm training process when it fits this job (same backend setting), else a fresh one.
+    def _child_for(self, job: Job, spec: JobSpec) -> _Child:
+        """The warm training process when it fits this job (same backend setting, one process), else a fresh one;
+        a job on several GPUs gets ranks of its own under torchrun (worker/distributed.py).
 
         A process that imported Unsloth has patched transformers for good, so jobs asking for another backend
         get a process of their own.
         """
-        child = self.child
-        if child is not None and child.process.is_alive() and child.backend == backend:
+        backend, ranks, child = job.training_config.backend, distributed.ranks_for(job, self.gpus), self.child
+        if ranks == 1 and child is not None and child.process.is_alive() and child.backend == backend:
             log.info("reusing the warm training process (pid %s)", child.process.pid)
             return child
         self._retire_child()
-        parent_conn, child_conn = self.context.Pipe()
-        stop_flag = self.context.Value("i", StopMode.RUN)
-        lease = LeaseClock(self.context, self.settings.lease_seconds)
         # Started from the main thread: the training process's parent-death signal is tied to this thread.
-        process = self.context.Process(target=child_main, args=(child_conn, stop_flag, lease.shared), daemon=True)
-        process.start()
-        child_conn.close()
-        self.child = _Child(process, parent_conn, stop_flag, lease, backend)
+        if ranks > 1:
+            self.child = distributed.launch(spec, backend, ranks, self.gpus, self.settings.lease_seconds)
+        else:
+            self.child = _Child.spawn(self.context, self.settings.lease_seconds, backend)
         return self.child
 
     def _retire_child(self) -> None:

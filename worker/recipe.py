@@ -21,7 +21,7 @@ from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import batch_size, devices, evaluation, export, gates
+from worker import batch_size, devices, evaluation, export, gates, ranks
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
@@ -124,6 +124,8 @@ class LoraRecipe:
         data = self.prepare_data(backend, model, tokenizer, setup)
         baseline = self.baseline(backend, model, tokenizer, data)
         trained = self.train(backend, model, tokenizer, data)
+        if not ranks.leader():  # the other DDP ranks only train; rank 0 saves, evaluates and exports
+            return self.result(backend, setup, data, trained)
         saved = self.save(backend, model, tokenizer, setup)
         evaluated = self.evaluate(backend, model, tokenizer, data)
         result = self.result(backend, setup, data, trained)
@@ -178,7 +180,7 @@ class LoraRecipe:
 
     def baseline(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict | None:
         """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
-        if not self.config.evaluation.baseline:
+        if not self.config.evaluation.baseline or not ranks.leader():  # rank 0 alone, the others wait in train
             return None
         done = self.folder.metrics("baseline")
         if self.spec.resume_from and done.is_file():
@@ -198,7 +200,7 @@ class LoraRecipe:
         from worker.progress import ProgressCallback
         from worker.training_args import sft_config
 
-        progress = ProgressCallback(self.reporter.send, self.reporter.stop_mode)
+        progress = ProgressCallback(self.reporter.send, self.reporter.step_stop_mode)
         args = sft_config(self.config, self.folder.output_dir, data.batch, evaluate=data.eval is not None)
         trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress], data.eval)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
@@ -211,7 +213,8 @@ class LoraRecipe:
         if progress.stopped_by is not None:
             raise StopRequested(progress.stopped_by)
         history = [dict(entry) for entry in trainer.state.log_history]
-        write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
+        if ranks.leader():
+            write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
         state = trainer.state
         seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         return Trained(
@@ -277,7 +280,7 @@ class LoraRecipe:
             log.info("batch size: kept from the first attempt")
         else:
             plan = batch_size.plan(self.config, model, rows, self.reporter.phase_progress)
-            if plan.auto:
+            if plan.auto and ranks.leader():
                 write_json(done, plan.as_dict())
         self.reporter.publish(batch_size=plan.as_dict())
         return plan

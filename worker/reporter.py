@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from app.models import JobPhase
+from worker import ranks
 from worker.protocol import Message, PartialResult, PhaseStarted, Progress, StopMode, StopRequested
 
 log = logging.getLogger("forge.worker.job")
@@ -25,6 +26,10 @@ class Reporter:
 
     def stop_mode(self) -> StopMode:
         return StopMode(self.stop_flag.value)
+
+    def step_stop_mode(self) -> StopMode:
+        """The stop mode at the end of a training step: rank 0's on every DDP rank, so that all stop together."""
+        return ranks.agree(self.stop_mode())
 
     def check_stop(self) -> None:
         """Raises StopRequested when the worker asked the job to stop."""

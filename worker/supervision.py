@@ -14,8 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app.core.db import Database, unavailable
+from worker.child import child_main
 from worker.lease import LeaseClock
-from worker.protocol import Outcome, Stopped, Succeeded
+from worker.protocol import Outcome, StopMode, Stopped, Succeeded
 
 log = logging.getLogger("forge.worker")
 _T = TypeVar("_T")
@@ -82,7 +83,19 @@ class TrainingProcess:
     stop_flag: Any
     lease: LeaseClock  # until when the training process may run the current job
     backend: str
+    reusable: bool = True  # may take the next job (torchrun's ranks run one job: worker/distributed.py)
     idle_since: float = 0.0
+
+    @classmethod
+    def spawn(cls, context: Any, lease_seconds: float, backend: str) -> TrainingProcess:
+        """A fresh training process (worker/child.py), waiting for its first job."""
+        parent_conn, child_conn = context.Pipe()
+        stop_flag = context.Value("i", StopMode.RUN)
+        lease = LeaseClock(context, lease_seconds)
+        process = context.Process(target=child_main, args=(child_conn, stop_flag, lease.shared), daemon=True)
+        process.start()
+        child_conn.close()
+        return cls(process, parent_conn, stop_flag, lease, backend)
 
 
 def once(db: Database, backoff: Backoff, what: str, action: Callable[[Session], _T]) -> _T:

@@ -61,4 +61,6 @@ def sft_config(config: TrainingConfig, output_dir: Path, batch: BatchPlan, evalu
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        # DDP (training.num_gpus > 1): every LoRA weight takes part in every step, no search for unused ones.
+        ddp_find_unused_parameters=False,
     )

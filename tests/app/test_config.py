@@ -19,6 +19,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "resume_on_worker_lost": True,
         "eval_steps": None,
         "effective_batch_size": None,
+        "num_gpus": 1,
         "auto_batch_memory_fraction": 0.9,
     }
     # The template is inferred from the model (gemma-3 for the spec's gemma-3-4b-it and the embedded model).
@@ -140,3 +141,22 @@ def test_auto_batch_keeps_an_effective_batch() -> None:
     assert fixed.accumulation_for(3) == 4
     spec = TrainingConfig().training
     assert spec.effective_batch == 8 and spec.accumulation_for(2) == 4
+
+
+def test_num_gpus_splits_the_global_batch_over_the_ranks() -> None:
+    """With N ranks each accumulates 1/N of gradient_accumulation_steps: the global batch is the config's."""
+    two = TrainingConfig.model_validate({"training": {"num_gpus": 2}}).training
+    assert (two.effective_batch, two.accumulation_for(2, ranks=2)) == (8, 2)  # 2 x 2 x 2 ranks = 8
+    assert TrainingConfig().training.num_gpus == 1
+    every = TrainingConfig.model_validate({"training": {"num_gpus": "all"}}).training
+    assert every.accumulation_for(2, ranks=3) == 2  # 4 over 3 ranks: rounded up (the worker logs 12, not 8)
+    auto = TrainingConfig.model_validate(
+        {"training": {"per_device_train_batch_size": "auto", "effective_batch_size": 16, "num_gpus": 4}}
+    ).training
+    assert [auto.accumulation_for(b, ranks=4) for b in (1, 2, 4, 8)] == [4, 2, 1, 1]
+    with pytest.raises(ValidationError) as info:
+        TrainingConfig.model_validate({"training": {"num_gpus": 3}})  # 4 micro-batches over 3 ranks
+    assert "must be a multiple of 3; set it to 6" in str(info.value)
+    for bad in (0, 65, "two", True):
+        with pytest.raises(ValidationError):
+            TrainingConfig.model_validate({"training": {"num_gpus": bad, "gradient_accumulation_steps": 1}})

@@ -118,3 +118,29 @@ def test_without_a_cancel_the_same_paths_requeue_or_fail(settings: Settings) -> 
         assert jobs.give_up(s, stalled, None) == JobStatus.failed  # no checkpoint to resume from
         assert jobs.get(s, stalled.id).error_code == "worker_lost"
         assert jobs.give_up(s, stalled, None) is None  # no longer ours: nothing changes
+
+
+def test_a_job_waits_for_a_worker_with_the_gpus_it_asks_for(settings: Settings) -> None:
+    """training.num_gpus: a worker claims only the jobs its GPUs can take; "all" and old jobs fit every worker."""
+
+    def asking(gpus: int | str | None) -> TrainingConfig:
+        config = TrainingConfig.model_validate({"training": {"gradient_accumulation_steps": 4}})
+        if gpus is not None:
+            config.training.num_gpus = gpus  # type: ignore[assignment]
+        return config
+
+    db = Database(settings)
+    with db.session() as s:
+        four, _ = jobs.create(s, asking(4))
+        two, _ = jobs.create(s, asking(2))
+        every, _ = jobs.create(s, asking("all"))
+        old, _ = jobs.create(s, asking(None))
+        training = {k: v for k, v in old.config["training"].items() if k != "num_gpus"}
+        old.config = {**old.config, "training": training}  # a job queued before num_gpus existed
+        s.add(old)
+        s.commit()
+        taken = [jobs.claim_next(s, "one-gpu", 60) for _ in range(3)]
+        assert [job.id if job else None for job in taken] == [every.id, old.id, None]
+        assert (claimed := jobs.claim_next(s, "two-gpus", 60, gpus=2)) is not None and claimed.id == two.id
+        assert jobs.claim_next(s, "two-gpus", 60, gpus=2) is None
+        assert (claimed := jobs.claim_next(s, "eight-gpus", 60, gpus=8)) is not None and claimed.id == four.id

@@ -1,0 +1,108 @@
+"""One job on several GPUs (training.num_gpus), on the CPU: two DDP ranks (gloo) under torchrun, through the real API
+and worker, trained as one process trains the same global batch; cancel and SIGTERM + resume with two ranks."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import tiny_config
+from tests.e2e.conftest import Processes, wait_for
+
+TWO_SLOTS = {"FORGE_WORKER_GPUS": "0,1"}  # a CPU worker with two rank slots: each rank a gloo process
+
+
+def _job(client: httpx.Client, job_id: str) -> dict:
+    return client.get(f"/api/training/jobs/{job_id}").json()
+
+
+def _losses(project: Path, job_id: str) -> dict[int, float]:
+    stats = json.loads((project / "runs" / job_id / "metrics" / "training-stats.json").read_text())
+    return {entry["step"]: entry["loss"] for entry in stats["log_history"] if "loss" in entry}
+
+
+def _processes_of(job_id: str) -> list[str]:
+    """The command lines of live processes started for the job (the torchrun agent and its ranks name its folder)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"forge-{job_id}-" in text:
+            found.append(text)
+    return found
+
+
+def _config(model: Path, num_gpus: int, **training: object) -> dict:
+    # 8 examples per optimizer step: 2 per device x 4 micro-batches on one process, x 2 on each of two ranks.
+    config = tiny_config(model, num_gpus=num_gpus, gradient_accumulation_steps=4, **training)
+    config["evaluation"] |= {"baseline": False, "max_examples": 2}  # rank 0's alone: kept short
+    return config
+
+
+def test_two_ranks_train_as_one_process_with_the_same_global_batch(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    client = httpx.Client(base_url=processes.api(), timeout=60)
+    one = client.post("/api/training", json=_config(tiny_model_dir, 1, max_steps=3)).json()["id"]
+    two = client.post("/api/training", json=_config(tiny_model_dir, 2, max_steps=3, save_steps=3)).json()["id"]
+    assert processes.worker("--exit-when-idle", **TWO_SLOTS).wait(timeout=600) == 0, processes.log_text()
+    single, ranks = _job(client, one), _job(client, two)
+    assert single["status"] == ranks["status"] == "succeeded", processes.log_text()
+
+    # Two ranks really trained: each saved its RNG state in the checkpoint, and the batch is reported per rank.
+    checkpoint = project / "runs" / two / "outputs" / "checkpoint-3"
+    assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    plan = ranks["result"]["batch_size"]
+    assert (plan["per_device_train_batch_size"], plan["gradient_accumulation_steps"], plan["ranks"]) == (2, 2, 2)
+    assert plan["effective_batch_size"] == single["result"]["batch_size"]["effective_batch_size"] == 8
+
+    # The same loss at every step, up to the order of the sums.
+    expected, got = _losses(project, one), _losses(project, two)
+    assert sorted(got) == sorted(expected) == [1, 2, 3]
+    for step, loss in expected.items():
+        assert abs(got[step] - loss) <= 1e-3 * abs(loss), (step, got[step], loss)
+
+    # One progress stream and one set of artifacts: rank 0's, as a single process writes them.
+    logs = {job_id: (project / "runs" / job_id / "logs" / "training.log").read_text() for job_id in (one, two)}
+    assert logs[two].count("metrics {") == logs[one].count("metrics {") == 5  # 3 steps, the eval, the summary
+    names = {
+        job_id: {a["path"] for a in client.get(f"/api/training/jobs/{job_id}/artifacts").json()["items"]}
+        for job_id in (one, two)
+    }
+    assert {n for n in names[two] if "/checkpoint-" not in n} == names[one]
+    assert ranks["step"] == ranks["total_steps"] == 3 and ranks["result"]["evaluation"] is not None
+    assert _processes_of(two) == []
+
+
+def test_two_ranks_stop_for_a_cancel_and_resume_after_sigterm(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    client = httpx.Client(base_url=processes.api(), timeout=60)
+    config = _config(tiny_model_dir, 2, max_steps=5000)
+    cancelled = client.post("/api/training", json=config).json()["id"]
+    worker = processes.worker(**TWO_SLOTS)
+    wait_for(lambda: _job(client, cancelled)["step"] >= 1, 240, "two ranks training")
+    assert client.post(f"/api/training/jobs/{cancelled}/cancel").status_code == 200
+    wait_for(lambda: _job(client, cancelled)["status"] == "cancelled", 120, "the cancel")
+    wait_for(lambda: _processes_of(cancelled) == [], 60, "every rank of the cancelled job to exit")
+
+    resumed = client.post("/api/training", json=_config(tiny_model_dir, 2, max_steps=6, save_steps=100)).json()["id"]
+    wait_for(lambda: _job(client, resumed)["step"] >= 2, 300, "a few steps")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0, processes.log_text()
+    stopped = _job(client, resumed)
+    assert stopped["status"] == "queued" and stopped["resume_from"] == f"outputs/checkpoint-{stopped['step']}"
+    checkpoint = project / "runs" / resumed / stopped["resume_from"]
+    assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    assert _processes_of(resumed) == []
+
+    assert processes.worker("--exit-when-idle", **TWO_SLOTS).wait(timeout=600) == 0, processes.log_text()
+    done = _job(client, resumed)
+    assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 6, processes.log_text()
+    assert sorted(_losses(project, resumed)) == list(range(stopped["step"] + 1, 7))
+    assert done["result"]["batch_size"]["ranks"] == 2
