@@ -33,6 +33,9 @@ def join() -> None:
         dist.init_process_group("nccl", timeout=TIMEOUT)
         _control = dist.new_group(backend="gloo", timeout=TIMEOUT)
     else:
+        # Accelerate names a CPU rank's device cpu:0, and the trainer's resume loads the optimizer state onto it,
+        # which torch.load cannot restore ("don't know how to restore data location"): plain "cpu" can.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
         dist.init_process_group("gloo", timeout=TIMEOUT)
         _control = dist.group.WORLD
 
