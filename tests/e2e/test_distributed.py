@@ -4,6 +4,7 @@ and worker, trained as one process trains the same global batch; cancel and SIGT
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -107,3 +108,30 @@ def test_two_ranks_stop_for_a_cancel_and_resume_after_sigterm(
     assert done["status"] == "succeeded" and done["attempt"] == 2 and done["step"] == 6, processes.log_text()
     assert sorted(_losses(project, resumed)) == list(range(stopped["step"] + 1, 7))
     assert done["result"]["batch_size"]["ranks"] == 2
+
+
+def test_two_ranks_end_with_a_stalled_or_a_killed_worker(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    """The lease watchdog ends every rank of a worker that stops renewing; a worker's death takes them all."""
+    lease = {"FORGE_LEASE_SECONDS": "3", **TWO_SLOTS}
+    client = httpx.Client(base_url=processes.api(**lease), timeout=60)
+    config = _config(tiny_model_dir, 2, max_steps=5000, save_steps=1)
+    job_id = client.post("/api/training", json=config).json()["id"]
+    worker = processes.worker(**lease)
+    wait_for(lambda: _job(client, job_id)["step"] >= 1, 240, "two ranks training")
+    assert len(_processes_of(job_id)) == 3  # the torchrun agent and its two ranks
+
+    os.kill(worker.pid, signal.SIGSTOP)  # it stops renewing the lease; its ranks are not stopped
+    wait_for(lambda: _processes_of(job_id) == [], 30, "the ranks to end themselves")
+    os.kill(worker.pid, signal.SIGCONT)
+    # The ranks ended for the lease (not a crash): the job goes back to the queue from its checkpoint, and this
+    # worker, which holds no lease any more, takes it again.
+    again = wait_for(lambda: (j := _job(client, job_id))["attempt"] == 2 and j["step"] >= 2 and j, 240, "attempt 2")
+    assert again["resume_from"] is not None and again["error"] is None, processes.log_text()
+    assert "could not renew this job's lease in time" in processes.log_text()
+    assert "the lease could not be renewed in time; the training process ended" in processes.log_text()
+
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    wait_for(lambda: _processes_of(job_id) == [], 30, "the ranks to die with the worker")
