@@ -12,6 +12,7 @@ from unsloth.chat_templates import get_chat_template, train_on_responses_only
 from app.datasets import templates
 from app.datasets.templates import ChatTemplate
 from app.training_config import TrainingConfig
+from worker import ranks
 from worker.backends.common import sft_trainer, target_modules
 from worker.data import Prepared
 from worker.devices import compute_dtype
@@ -29,6 +30,7 @@ class UnslothBackend:
             max_seq_length=config.model.max_seq_length,
             dtype=None if config.model.dtype is None else compute_dtype(config.model.dtype),
             load_in_4bit=config.model.load_in_4bit,
+            device_map=ranks.device_map(),  # with several DDP ranks, each loads onto its own GPU
         )
         self.template = template
         return model, self.install_template(tokenizer)
