@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +19,9 @@ from sqlalchemy import and_, func, not_, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.core.errors import Conflict, NotFound
+from app import events
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.events import EventLevel, EventType
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import ExportRequest, TrainingConfig
 
@@ -49,6 +51,15 @@ def create(
             return existing, False
     job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest, kind=kind, source_job_id=source_job_id)
     session.add(job)
+    what = "export job" if kind == JobKind.export else "job"
+    session.add(
+        events.new(
+            job.id,
+            EventType.queued,
+            f"{what} queued" + (f" (exporting job {source_job_id})" if source_job_id else ""),
+            events.QueuedData(kind=kind.value, source_job_id=source_job_id),
+        )
+    )
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key got there first
@@ -65,7 +76,7 @@ def create_export(
     session: Session,
     source_id: str,
     request: ExportRequest,
-    has_adapters: Callable[[Job], bool],
+    has_adapters: Callable[[Job, str | None], bool],
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Queue an export job for a finished training job: its adapters, merged and exported again, no training.
@@ -85,7 +96,14 @@ def create_export(
             code="job_not_finished",
             param="job_id",
         )
-    if not has_adapters(source):
+    if request.checkpoint is not None and not has_adapters(source, request.checkpoint):
+        raise InvalidInput(
+            f"job {source_id} has no checkpoint {request.checkpoint!r} with adapters; GET "
+            f"/api/training/jobs/{source_id}/checkpoints lists the ones it has",
+            code="no_such_checkpoint",
+            param="checkpoint",
+        )
+    if request.checkpoint is None and not has_adapters(source, None):
         raise Conflict(
             f"job {source_id} ({source.status.value}) has no LoRA adapters in its run folder (save.lora_path): "
             "it stopped before saving them, or they were removed; train it again",
@@ -94,7 +112,9 @@ def create_export(
         )
     config = TrainingConfig.model_validate(source.config)
     # The source's lora_path stays: the export job reads the adapters from the source's run folder.
-    config.save = config.save.model_copy(update=request.model_dump())
+    config.save = config.save.model_copy(update=request.model_dump(exclude={"checkpoint"}))
+    if request.checkpoint is not None:  # a trainer checkpoint holds adapters too: read from there instead
+        config.save.lora_path = f"{config.training.output_dir.rstrip('/')}/{request.checkpoint}"
     return create(session, config, idempotency_key, kind=JobKind.export, source_job_id=source.id)
 
 
@@ -149,12 +169,16 @@ def request_cancel(session: Session, job_id: str) -> Job:
             updated_at=now,
         )
     )
-    if queued.rowcount == 0:  # type: ignore[attr-defined]
-        session.execute(
+    if queued.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, _cancel_events(job_id, JobStatus.cancelled))
+    else:
+        running = session.execute(
             update(Job)
             .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running))
             .values(status=JobStatus.cancelling, cancel_requested=True, cancel_requested_at=now, updated_at=now)
         )
+        if running.rowcount == 1:  # type: ignore[attr-defined]
+            events.add(session, _cancel_events(job_id, JobStatus.cancelling))
     session.commit()
     job = get(session, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -164,6 +188,33 @@ def request_cancel(session: Session, job_id: str) -> Job:
             param="job_id",
         )
     return job
+
+
+def _cancel_events(job_id: str, status: JobStatus) -> list[events.Event]:
+    asked = events.new(
+        job_id,
+        EventType.cancel_requested,
+        "cancel requested"
+        + ("; the job stops at the end of its current step" if status == JobStatus.cancelling else ""),
+        events.CancelData(status=status.value),
+    )
+    if status != JobStatus.cancelled:
+        return [asked]
+    return [asked, _finished_event(job_id, JobStatus.cancelled, None, None)]
+
+
+def _finished_event(job_id: str, status: JobStatus, error_code: str | None, error_message: str | None) -> events.Event:
+    data = events.FinishedData(status=status.value, error_code=error_code, error_message=error_message)
+    if status == JobStatus.failed:
+        message = f"job failed ({error_code}): {error_message}"
+        return events.new(job_id, EventType.failed, message, data, EventLevel.error)
+    return events.new(job_id, EventType(status.value), f"job {status.value}", data)
+
+
+def _requeued_event(job_id: str, reason: str, checkpoint: str | None) -> events.Event:
+    where = f"resumes from {checkpoint}" if checkpoint else "starts over"
+    data = events.RequeuedData(reason=reason, resume_from=checkpoint)  # type: ignore[arg-type]
+    return events.new(job_id, EventType.requeued, f"back in the queue ({reason}); {where}", data)
 
 
 def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
@@ -188,6 +239,15 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | 
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
         )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            attempt, resume_from = session.execute(
+                select(Job.attempt, Job.resume_from).where(Job.id == candidate)
+            ).one()
+            message = f"started on worker {worker_id} (attempt {attempt})"
+            if resume_from:
+                message += f", resuming from {resume_from}"
+            data = events.StartedData(attempt=attempt, worker_id=worker_id, resume_from=resume_from)
+            session.add(events.new(candidate, EventType.started, message, data))
         session.commit()
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             return get(session, candidate)
@@ -218,10 +278,13 @@ def renew_lease(session: Session, job: Job, lease_seconds: float) -> bool | None
     return status == JobStatus.cancelling
 
 
-def record_progress(session: Session, job: Job, **fields: Any) -> bool:
-    """Write progress fields (step, loss, phase, ...) while the job is still ours."""
+def record_progress(session: Session, job: Job, new_events: Sequence[events.Event] = (), **fields: Any) -> bool:
+    """Write progress fields (step, loss, phase, ...) and the events since the last write, while the job is
+    still ours: one transaction for all of them."""
     fields["updated_at"] = utcnow()
     result = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**fields))
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, new_events)
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
@@ -256,29 +319,36 @@ def finish(
     owned = _owned(job.id, job.worker_id or "", job.attempt)
     if status == JobStatus.succeeded:  # the work is done and its files are there: a late cancel changes nothing
         outcome = session.execute(update(Job).where(owned).values(**values))
+        if outcome.rowcount == 1:  # type: ignore[attr-defined]
+            session.add(_finished_event(job.id, status, error_code, error_message))
         session.commit()
         return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
-    return _unless_cancelled(session, owned, values) is not None
+    return _unless_cancelled(session, job.id, owned, values, "") is not None
 
 
 def requeue(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown); a job whose
     cancel was asked for is cancelled instead. Returns the new status, or None if the job was no longer ours."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _requeued(checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _requeued(checkpoint), "shutdown")
 
 
 def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Settle a job we own whose lease we could not keep (the database was out of reach for longer than the
     lease, so the training process ended itself): as `expire_lost` would settle it once the lease runs out."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _lost(job, checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _lost(job, checkpoint), "worker_lost")
 
 
-def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> JobStatus | None:
+def _unless_cancelled(
+    session: Session, job_id: str, where: Any, values: dict[str, Any], reason: str
+) -> JobStatus | None:
     """Apply `values` to the job `where` matches, unless a cancel was requested for it: then it ends `cancelled`.
 
     A requested cancel ends `cancelled` whatever else happens (a worker shutdown, a crash, a lost lease): such a
-    job must never go back to the queue, where another worker would run it again. Returns the status written,
-    or None when `where` matched nothing.
+    job must never go back to the queue, where another worker would run it again. The job's event (finished, or
+    back in the queue for `reason`) is written with it. Returns the status written, or None when `where` matched
+    nothing.
     """
     now = utcnow()
     stopped = session.execute(update(Job).where(and_(where, col(Job.cancel_requested))).values(**_cancelled(now)))
@@ -286,6 +356,13 @@ def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> J
     if status is None:
         outcome = session.execute(update(Job).where(and_(where, not_(col(Job.cancel_requested)))).values(**values))
         status = values["status"] if outcome.rowcount == 1 else None  # type: ignore[attr-defined]
+    if status == JobStatus.cancelled:
+        session.add(_finished_event(job_id, status, None, None))
+    elif status is not None:
+        if status == JobStatus.queued:
+            session.add(_requeued_event(job_id, reason, values["resume_from"]))
+        else:
+            session.add(_finished_event(job_id, status, values.get("error_code"), values.get("error_message")))
     session.commit()
     return status
 
@@ -357,11 +434,13 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
             param="job_id",
         )
     values = _requeued(checkpoint) | {"error_code": None, "error_message": None, "finished_at": None}
-    session.execute(
+    resumed = session.execute(
         update(Job)
         .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.failed, col(Job.error_code) == job.error_code))
         .values(**values)
     )
+    if resumed.rowcount == 1:  # type: ignore[attr-defined]
+        session.add(_requeued_event(job_id, "resume", checkpoint))
     session.commit()
     return get(session, job_id)
 
@@ -383,7 +462,11 @@ def expire_lost(
     for job in session.exec(select(Job).where(expired)).all():
         checkpoint = checkpoint_of(job) if checkpoint_of else None
         status = _unless_cancelled(
-            session, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
+            session,
+            job.id,
+            and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired),
+            _lost(job, checkpoint),
+            "worker_lost",
         )
         if status is not None:
             settled.append((job.id, status))

@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import datasets, training
+from app.api.routes import checkpoints as checkpoint_routes
+from app.api.routes import datasets, events, openai, training
 from app.api.status_cache import StatusCache
 from app.core import disk
 from app.core.config import Settings, get_settings
@@ -120,7 +121,13 @@ async def _warm_up() -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in [*training.router.routes, *datasets.router.routes]:
+    for route in [
+        *training.router.routes,
+        *datasets.router.routes,
+        *events.router.routes,
+        *checkpoint_routes.router.routes,
+        *openai.router.routes,
+    ]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -209,6 +216,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(training.router)
     app.include_router(datasets.router)
+    app.include_router(events.router)
+    app.include_router(checkpoint_routes.router)
+    app.include_router(openai.router)  # the OpenAI-compatible surface, under /v1
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -220,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
-        uploads={datasets.router.prefix: settings.max_upload_bytes},
+        uploads={datasets.router.prefix: settings.max_upload_bytes, openai.FILES_PATH: settings.max_upload_bytes},
     )
     return app
 

@@ -29,6 +29,7 @@ from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
 from worker import faults, supervision
 from worker.child import child_main
+from worker.events import JobEvents
 from worker.lease import EXIT_LEASE_LOST, LeaseClock
 from worker.protocol import (
     BackendChosen,
@@ -215,6 +216,7 @@ class Worker:
     def _supervise(self, job: Job, training: _Child) -> Ending | None:
         child, conn, stop_flag = training.process, training.conn, training.stop_flag
         pending: dict[str, Any] = {}
+        recorder = JobEvents(job.id, job.training_config.training.output_dir)  # written with the progress
         last_flush = 0.0
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         stop_asked_at: float | None = None
@@ -225,6 +227,8 @@ class Worker:
                     message = conn.recv()
                 except EOFError:
                     break
+                if found := recorder.observe(message):
+                    pending["new_events"] = [*pending.get("new_events", ()), *found]
                 match message:
                     case Succeeded() | Failed() | Stopped() | Interrupted():
                         self._flush(job, pending, wait=True)

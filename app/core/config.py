@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         gt=0,
         description="How long a cancelled job may take to finish its step before it is killed.",
     )
+    events_keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="An event stream with nothing new sends a keep-alive comment this often."
+    )
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> Settings:

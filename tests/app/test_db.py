@@ -28,7 +28,7 @@ def test_database_is_wal_and_migrations_round_trip(settings: Settings) -> None:
     db = Database(settings)
     with db.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     db.dispose()
     cfg = alembic_config(settings.sqlalchemy_url)
     command.downgrade(cfg, "base")
