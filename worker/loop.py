@@ -3,7 +3,8 @@ status file, pass on cancel requests, and never leave a job `running` once it ha
 
 The database may refuse writes for a while (locked by a backup or a long query, out of reach, its disk full):
 the worker then keeps the job training, keeps its progress in memory and retries with backoff; the lease rules
-(worker/lease.py) decide when the training process must stop because the lease can no longer be proved.
+(worker/lease.py) decide when the training process must stop because the lease can no longer be proved. The lease
+is renewed by a thread of its own (worker/heartbeat.py), so nothing this loop waits on can make a renewal late.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
+from app.training_config import optimizer_names
 from worker import faults, supervision
 from worker.child import child_main
 from worker.events import JobEvents
+from worker.heartbeat import Heartbeat
 from worker.lease import EXIT_LEASE_LOST, LeaseClock
 from worker.protocol import (
     BackendChosen,
@@ -62,6 +65,8 @@ class Worker:
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
+        # Until when the training process may run the current job: one clock, shared with each training process.
+        self.lease = LeaseClock(self.context, settings.lease_seconds)
         self.backoff = Backoff(settings.lease_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -74,32 +79,37 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        # Reading a job's config checks its optimizer against transformers' list: imported now (tens of seconds on
+        # a busy machine, holding the interpreter for seconds at a time), not while a job's lease is held.
+        optimizer_names()
         log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
-            claimed_at = time.monotonic()  # the lease counts from a moment after this
             try:
-                job = self._db("looking for a job", self._claim)
+                claimed = self._db("looking for a job", self._claim)
             except DatabaseDown:
                 self._retire_idle_child()
                 time.sleep(self.backoff.delay)
                 continue
-            if job is None:
+            if claimed is None:
                 if exit_when_idle:
                     break
                 self._retire_idle_child()
                 time.sleep(self.settings.worker_poll_seconds)
                 continue
-            self.run_job(job, claimed_at)
+            self.run_job(*claimed)
             done += 1
         self._retire_child()
         self.db.dispose()
         return done
 
-    def _claim(self, session: Session) -> Job | None:
+    def _claim(self, session: Session) -> tuple[Job, float] | None:
+        """The job claimed, and a monotonic time before its lease began (settling lost jobs takes a while)."""
         for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
             log.warning("job %s lost its worker; now %s", job_id, status.value)
-        return jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+        claimed_at = time.monotonic()
+        job = jobs.claim_next(session, self.worker_id, self.settings.lease_seconds)
+        return None if job is None else (job, claimed_at)
 
     def checkpoint_of(self, job: Job) -> str | None:
         return checkpoint_finder(self.settings.runs_dir)(job)
@@ -111,17 +121,33 @@ class Worker:
     def _settle(self, what: str, action: Callable[[Session], _T]) -> _T:
         return supervision.settle(self.db, self.backoff, what, action)
 
-    def _renew(self, job: Job, lease: LeaseClock) -> bool | None:
-        """Renew the job's lease, and move the training process's deadline with it. Returns whether a cancel was
-        requested, None if the job is no longer ours; raises DatabaseDown (the deadline stays where it was)."""
-        started = time.monotonic()
-        cancel = self._db("renewing the lease", lambda s: jobs.renew_lease(s, job, self.settings.lease_seconds))
-        if cancel is not None:
-            lease.renewed(started)
-        return cancel
-
     # -- one job --------------------------------------------------------------------------------------
     def run_job(self, job: Job, claimed_at: float | None = None) -> None:
+        """Run a claimed job; its lease is renewed from the claim (at monotonic `claimed_at`) to its end."""
+        self.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
+        heartbeat = Heartbeat(self.db, job, self.lease, self.settings.heartbeat_seconds)
+        try:
+            child = self._start(job, heartbeat)
+            ending = self._supervise(job, child, heartbeat) if child is not None else None
+        finally:
+            heartbeat.stop()
+            self.lease.disarm()  # the training process has stopped working on this job
+        if child is None:
+            return
+        clean = ending is not None and child.process.is_alive() and ending.clean
+        if ending is not None:
+            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
+            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
+            self._finish(job, ending, None)
+        if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
+            self._retire_child()  # also collects the exit code of a child that died
+        else:
+            child.idle_since = time.monotonic()
+        if ending is None:
+            self._finish(job, ending, child.process.exitcode)
+
+    def _start(self, job: Job, heartbeat: Heartbeat) -> _Child | None:
+        """The job's run folder made and its training process given the job; None when the job ended before."""
         run_dir = RunFolder.of(self.settings.runs_dir, job).root
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +157,7 @@ class Worker:
                 f"could not create the job's run folder {run_dir}: {exc}; check FORGE_PROJECT_DIR's permissions",
             )
             self._finish(job, Ending(Failed(code=code, message=message)), None)
-            return
+            return None
         log.info(
             "job %s: claimed (attempt %d)%s",
             job.id,
@@ -151,29 +177,12 @@ class Worker:
             model_dirs=[str(d) for d in self.settings.model_dirs],
         )
         child = self._child_for(job.training_config.backend)
-        child.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
-        try:  # starting a training process can take long: give it a fresh lease
-            if self._renew(job, child.lease) is None:
-                log.warning("job %s is no longer ours before it started; leaving it", job.id)
-                child.lease.disarm()
-                return
-        except DatabaseDown:
-            pass  # the lease from the claim holds for now; the heartbeat tries again
+        if heartbeat.lost:
+            log.warning("job %s is no longer ours before it started; leaving it", job.id)
+            return None
         child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
-        ending = self._supervise(job, child)
-        child.lease.disarm()  # the training process has stopped working on this job
-        clean = ending is not None and child.process.is_alive() and ending.clean
-        if ending is not None:
-            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
-            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
-            self._finish(job, ending, None)
-        if not clean or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
-            self._retire_child()  # also collects the exit code of a child that died
-        else:
-            child.idle_since = time.monotonic()
-        if ending is None:
-            self._finish(job, ending, child.process.exitcode)
+        return child
 
     # -- the training process, kept warm between jobs ------------------------------------------------------
     def _child_for(self, backend: str) -> _Child:
@@ -189,12 +198,11 @@ class Worker:
         self._retire_child()
         parent_conn, child_conn = self.context.Pipe()
         stop_flag = self.context.Value("i", StopMode.RUN)
-        lease = LeaseClock(self.context, self.settings.lease_seconds)
         # Started from the main thread: the training process's parent-death signal is tied to this thread.
-        process = self.context.Process(target=child_main, args=(child_conn, stop_flag, lease.shared), daemon=True)
+        process = self.context.Process(target=child_main, args=(child_conn, stop_flag, self.lease.shared), daemon=True)
         process.start()
         child_conn.close()
-        self.child = _Child(process, parent_conn, stop_flag, lease, backend)
+        self.child = _Child(process, parent_conn, stop_flag, backend)
         return self.child
 
     def _retire_child(self) -> None:
@@ -213,12 +221,11 @@ class Worker:
             log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
             self._retire_child()
 
-    def _supervise(self, job: Job, training: _Child) -> Ending | None:
+    def _supervise(self, job: Job, training: _Child, heartbeat: Heartbeat) -> Ending | None:
         child, conn, stop_flag = training.process, training.conn, training.stop_flag
         pending: dict[str, Any] = {}
         recorder = JobEvents(job.id, job.training_config.training.output_dir)  # written with the progress
         last_flush = 0.0
-        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         stop_asked_at: float | None = None
         reason = ""
         while True:
@@ -252,17 +259,11 @@ class Worker:
             if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
                 self._flush(job, pending)
                 last_flush = now
-            if now >= next_heartbeat and self.backoff.ready(now):
-                next_heartbeat = now + self.settings.heartbeat_seconds
-                try:
-                    cancel = self._renew(job, training.lease)
-                except DatabaseDown:
-                    cancel = False  # nothing known: training goes on until the lease deadline
-                if cancel is None:
-                    log.warning("job %s is no longer ours; stopping it", job.id)
-                    reason = reason or "lost"
-                elif cancel:
-                    reason = reason or "cancel"
+            if heartbeat.lost and not reason:
+                log.warning("job %s is no longer ours; stopping it", job.id)
+                reason = "lost"
+            if heartbeat.cancel_requested and not reason:
+                reason = "cancel"
             if self.stopping and not reason:
                 reason = "shutdown"
             if reason and stop_asked_at is None:

@@ -14,7 +14,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from app.core.db import Database, unavailable
-from worker.lease import LeaseClock
 from worker.protocol import Outcome, Stopped, Succeeded
 
 log = logging.getLogger("forge.worker")
@@ -80,7 +79,6 @@ class TrainingProcess:
     process: Any
     conn: Any
     stop_flag: Any
-    lease: LeaseClock  # until when the training process may run the current job
     backend: str
     idle_since: float = 0.0
 
