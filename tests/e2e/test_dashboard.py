@@ -226,10 +226,14 @@ def test_dataset_upload_shows_the_bad_lines(service: tuple[Processes, str], brow
     assert "bot" in _text(browser, "#dataset-report")
 
 
-def test_with_a_token_no_call_succeeds_before_it_is_entered(service: tuple[Processes, str], browser: Any) -> None:
+def test_with_a_token_no_call_succeeds_before_it_is_entered(
+    service: tuple[Processes, str], browser: Any, tiny_model_dir: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
-    procs, _ = service
+    procs, open_base = service
+    if not httpx.get(f"{open_base}/api/training/jobs", timeout=30).json()["items"]:  # run alone: give it a job
+        httpx.post(f"{open_base}/api/training", json=tiny_config(tiny_model_dir, max_steps=2), timeout=60)
     base = procs.api(FORGE_API_TOKEN=TOKEN)  # a second API on the same project: another origin, a fresh tab
     calls = "return performance.getEntriesByType('resource').filter(e => /\\/(api|ui)\\//.test(e.name))"
 
