@@ -12,13 +12,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 
 from app.demo_data import write_splits
-from tests.conftest import ROOT, Processes, tiny_config, wait_for
+from tests.conftest import ROOT, tiny_config
+from tests.e2e.conftest import Processes, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -38,16 +39,28 @@ def dash_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class Service(NamedTuple):
+    procs: Processes
+    base: str
+    warm_up: str  # the id of a one-step job submitted first
+
+
 @pytest.fixture(scope="module")
 def service(
     dash_project: Path, models_root: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Processes, str]]:
+) -> Iterator[Service]:
     logs = tmp_path_factory.mktemp("dashboard-logs")
     procs = Processes(dash_project, models_root, logs)
     try:
         base = procs.api()
         procs.worker()
-        yield procs, base
+        # The worker's first job pays for starting its training process (imports, ~20 s on a busy machine); a
+        # one-step job takes that while the tests that need no training run, and the later jobs start warm.
+        warm_up = tiny_config(tiny_model_dir, max_steps=1, logging_steps=1)
+        warm_up["evaluation"] = {"baseline": False, "evaluate": False}
+        created = httpx.post(f"{base}/api/training", json=warm_up, timeout=60)
+        assert created.status_code == 201, created.text
+        yield Service(procs, base, created.json()["id"])
     finally:
         procs.stop_all()
 
@@ -55,7 +68,7 @@ def service(
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.chrome.service import Service as DriverService
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -72,7 +85,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--window-size=1280,1000",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
     driver.implicitly_wait(0)
     try:
         yield driver
@@ -109,86 +122,10 @@ def _screenshot(browser: Any, name: str) -> None:
     browser.set_window_size(1280, 1000)
 
 
-def test_live_curve_then_results_of_the_finished_job(
-    service: tuple[Processes, str], browser: Any, tiny_model_dir: Path
-) -> None:
+def test_a_bad_field_is_shown_next_to_it(service: Service, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    _, base = service
-    client = httpx.Client(base_url=base, timeout=60)
-    # Enough steps to watch the curve grow on a busy 2-core machine (a step takes 0.1-5 s there), few enough to end.
-    config = tiny_config(tiny_model_dir, max_steps=12, logging_steps=1, eval_steps=6)
-    job_id = client.post("/api/training", json=config).json()["id"]
-
-    browser.get(f"{base}/jobs/{job_id}")
-    wait_for(lambda: _text(browser, "#job-phase") not in ("", "\u2013"), 30, "the page to show the job")
-    wait_for(lambda: _points(browser) >= 1, 180, "the curve's first point")
-    box = browser.find_element(By.ID, "curve").rect
-    below = browser.find_element(By.ID, "actions-heading").rect
-    first = _points(browser)
-    wait_for(lambda: _points(browser) > first, 60, "the curve to gain points while the test watches")
-    # The chart box is fixed: new points move nothing on the page.
-    assert browser.find_element(By.ID, "curve").rect == box
-    assert browser.find_element(By.ID, "actions-heading").rect == below
-    assert _text(browser, "#job-status") in ("running", "cancelling", "succeeded")
-
-    wait_for(lambda: _text(browser, "#job-status") == "succeeded", 300, "the job to finish on the page")
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#metrics tr[data-metric]"), 30, "the metrics table")
-    metrics = {
-        row.get_attribute("data-metric"): row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")
-    }
-    assert {"token_f1", "exact_match", "test_loss"} <= set(metrics)
-    gates = browser.find_elements(By.CSS_SELECTOR, "#gates li[data-gate]")
-    names = [g.get_attribute("data-gate") for g in gates]
-    assert {"baseline-established", "model-performance", "loss-converged"} <= set(names)
-    assert all(g.find_element(By.CSS_SELECTOR, ".reason").text for g in gates), "every gate says why"
-    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#artifacts a.download")]
-    assert any(h.endswith("/artifacts/metrics/gates.json") for h in links), links
-    assert httpx.get(links[0], timeout=30).status_code == 200
-    wait_for(lambda: "training" in _text(browser, "#log"), 30, "the log tail")
-    wait_for(lambda: _points(browser) >= 12, 30, "every logged step on the finished curve")
-    assert browser.find_element(By.ID, "export-button").is_enabled()
-    _screenshot(browser, "dashboard-job.png")
-
-    # Phone width: nothing wider than the screen but the tables, which scroll inside their box.
-    browser.set_window_size(390, 900)
-    browser.get(f"{base}/jobs/{job_id}")
-    wait_for(lambda: _text(browser, "#job-status") == "succeeded", 30, "the job page at phone width")
-    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
-    browser.set_window_size(1280, 1000)
-
-
-def test_cancel_from_the_page_cancels_a_running_job(
-    service: tuple[Processes, str], browser: Any, tiny_model_dir: Path
-) -> None:
-    from selenium.webdriver.common.by import By
-
-    _, base = service
-    client = httpx.Client(base_url=base, timeout=60)
-    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
-    browser.get(f"{base}/jobs/{job_id}")
-    wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "the job to train")
-    button = browser.find_element(By.ID, "cancel-button")
-    wait_for(button.is_enabled, 10, "the cancel button")
-    button.click()
-    wait_for(lambda: _job(client, job_id)["status"] == "cancelled", 60, "the job to be cancelled")
-    wait_for(lambda: _text(browser, "#job-status") == "cancelled", 30, "the page to show it")
-    assert "Cancel" in _text(browser, "#action-message")
-    assert not browser.find_element(By.ID, "cancel-button").is_enabled()
-
-    # The job list: newest first, each with its status and progress.
-    browser.get(f"{base}/")
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"tr[data-job-id='{job_id}']"), 30, "the job list")
-    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-job-id]")
-    assert rows[0].get_attribute("data-job-id") == job_id and "cancelled" in rows[0].text
-    assert any("succeeded" in r.text and str(tiny_model_dir) in r.text for r in rows[1:])
-    _screenshot(browser, "dashboard-jobs.png")
-
-
-def test_a_bad_field_is_shown_next_to_it(service: tuple[Processes, str], browser: Any) -> None:
-    from selenium.webdriver.common.by import By
-
-    _, base = service
+    base = service.base
     browser.get(f"{base}/submit")
     area = browser.find_element(By.ID, "config-text")
     standard = area.get_attribute("value")
@@ -209,10 +146,10 @@ def test_a_bad_field_is_shown_next_to_it(service: tuple[Processes, str], browser
     assert not browser.find_element(By.ID, "config-annotated").is_displayed()
 
 
-def test_dataset_upload_shows_the_bad_lines(service: tuple[Processes, str], browser: Any, tmp_path: Path) -> None:
+def test_dataset_upload_shows_the_bad_lines(service: Service, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    _, base = service
+    base = service.base
     good = '{"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}'
     bad = '{"conversations": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}'
     upload = tmp_path / "lessons.jsonl"
@@ -226,15 +163,10 @@ def test_dataset_upload_shows_the_bad_lines(service: tuple[Processes, str], brow
     assert "bot" in _text(browser, "#dataset-report")
 
 
-def test_with_a_token_no_call_succeeds_before_it_is_entered(
-    service: tuple[Processes, str], browser: Any, tiny_model_dir: Path
-) -> None:
+def test_with_a_token_no_call_succeeds_before_it_is_entered(service: Service, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    procs, open_base = service
-    if not httpx.get(f"{open_base}/api/training/jobs", timeout=30).json()["items"]:  # run alone: give it a job
-        httpx.post(f"{open_base}/api/training", json=tiny_config(tiny_model_dir, max_steps=2), timeout=60)
-    base = procs.api(FORGE_API_TOKEN=TOKEN)  # a second API on the same project: another origin, a fresh tab
+    base = service.procs.api(FORGE_API_TOKEN=TOKEN)  # a second API on the same project: another origin, a fresh tab
     calls = "return performance.getEntriesByType('resource').filter(e => /\\/(api|ui)\\//.test(e.name))"
 
     browser.get(f"{base}/")
@@ -258,18 +190,91 @@ def test_with_a_token_no_call_succeeds_before_it_is_entered(
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "tr[data-job-id]"), 30, "the job list with the token")
     assert not form.is_displayed()
 
-    # Asked once: another page of the same tab uses the kept token; the stream and fragments send it too.
-    first = browser.find_element(By.CSS_SELECTOR, "tr[data-job-id] a").get_attribute("href")
-    finished = [
-        r.get_attribute("data-job-id")
-        for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-job-id]")
-        if "succeeded" in r.text
-    ]
-    browser.get(f"{base}/jobs/{finished[0]}" if finished else first)
-    wait_for(lambda: _text(browser, "#job-status") not in ("", "…"), 30, "the job page with the kept token")
+    # Asked once: another page of the same tab uses the kept token; the status, the curve (stream or polled)
+    # and the fragments send it too. The worker is busy with the warm-up job until it ends, so no time is lost.
+    client = httpx.Client(base_url=service.base, timeout=60)
+    wait_for(lambda: _job(client, service.warm_up)["status"] == "succeeded", 180, "the warm-up job")
+    browser.get(f"{base}/jobs/{service.warm_up}")
+    wait_for(lambda: _text(browser, "#job-status") == "succeeded", 30, "the job page with the kept token")
     assert not browser.find_element(By.ID, "token-form").is_displayed()
-    if finished:
-        wait_for(lambda: _points(browser) > 0, 30, "the curve with the token")
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#gates li[data-gate]"), 30, "the gates")
+    wait_for(lambda: _points(browser) > 0, 30, "the curve with the token")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#gates li[data-gate]"), 30, "the gates")
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not any(TOKEN in u for u in [*urls, browser.current_url]), "the token is never in a URL"
+
+
+def test_live_curve_then_results_of_the_finished_job(service: Service, browser: Any, tiny_model_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    base = service.base
+    client = httpx.Client(base_url=base, timeout=60)
+    # Enough steps to watch the curve grow on a busy 2-core machine (a step takes 0.1-5 s there), few enough to end.
+    config = tiny_config(tiny_model_dir, max_steps=8, logging_steps=1, eval_steps=4)
+    job_id = client.post("/api/training", json=config).json()["id"]
+
+    browser.get(f"{base}/jobs/{job_id}")
+    wait_for(lambda: _text(browser, "#job-phase") not in ("", "\u2013"), 30, "the page to show the job")
+    wait_for(lambda: _points(browser) >= 1, 180, "the curve's first point")
+    # Fed by the event stream where the server has one (issue 13), else by the job's polled status.
+    streamed = "/api/training/jobs/{job_id}/events/stream" in client.get("/openapi.json").json()["paths"]
+    assert ("live from the event stream" if streamed else "polled") in _text(browser, "#curve-source")
+    box = browser.find_element(By.ID, "curve").rect
+    below = browser.find_element(By.ID, "actions-heading").rect
+    first = _points(browser)
+    wait_for(lambda: _points(browser) > first, 60, "the curve to gain points while the test watches")
+    # The chart box is fixed: new points move nothing on the page.
+    assert browser.find_element(By.ID, "curve").rect == box
+    assert browser.find_element(By.ID, "actions-heading").rect == below
+    assert _text(browser, "#job-status") in ("running", "cancelling", "succeeded")
+
+    wait_for(lambda: _text(browser, "#job-status") == "succeeded", 300, "the job to finish on the page")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#metrics tr[data-metric]"), 30, "the metrics table")
+    metrics = {
+        row.get_attribute("data-metric"): row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")
+    }
+    assert {"token_f1", "exact_match", "test_loss"} <= set(metrics)
+    gates = browser.find_elements(By.CSS_SELECTOR, "#gates li[data-gate]")
+    names = [g.get_attribute("data-gate") for g in gates]
+    assert {"baseline-established", "model-performance", "loss-converged"} <= set(names)
+    assert all(g.find_element(By.CSS_SELECTOR, ".reason").text for g in gates), "every gate says why"
+    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#artifacts a.download")]
+    assert any(h.endswith("/artifacts/metrics/gates.json") for h in links), links
+    assert httpx.get(links[0], timeout=30).status_code == 200
+    wait_for(lambda: "training" in _text(browser, "#log"), 30, "the log tail")
+    wait_for(lambda: _points(browser) >= 8, 30, "every logged step on the finished curve")
+    source = "the event stream" if streamed else "metrics/training-stats.json"
+    wait_for(lambda: _text(browser, "#curve-source") == f"complete (from {source})", 30, "the curve's source")
+    assert browser.find_element(By.ID, "export-button").is_enabled()
+    _screenshot(browser, "dashboard-job.png")
+
+    # Phone width: nothing wider than the screen but the tables, which scroll inside their box.
+    browser.set_window_size(390, 900)
+    browser.get(f"{base}/jobs/{job_id}")
+    wait_for(lambda: _text(browser, "#job-status") == "succeeded", 30, "the job page at phone width")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.set_window_size(1280, 1000)
+
+
+def test_cancel_from_the_page_cancels_a_running_job(service: Service, browser: Any, tiny_model_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    base = service.base
+    client = httpx.Client(base_url=base, timeout=60)
+    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]
+    browser.get(f"{base}/jobs/{job_id}")
+    wait_for(lambda: _job(client, job_id)["step"] >= 2, 180, "the job to train")
+    button = browser.find_element(By.ID, "cancel-button")
+    wait_for(button.is_enabled, 10, "the cancel button")
+    button.click()
+    wait_for(lambda: _job(client, job_id)["status"] == "cancelled", 60, "the job to be cancelled")
+    wait_for(lambda: _text(browser, "#job-status") == "cancelled", 30, "the page to show it")
+    assert "Cancel" in _text(browser, "#action-message")
+    assert not browser.find_element(By.ID, "cancel-button").is_enabled()
+
+    # The job list: newest first, each with its status and progress.
+    browser.get(f"{base}/")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f"tr[data-job-id='{job_id}']"), 30, "the job list")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-job-id]")
+    assert rows[0].get_attribute("data-job-id") == job_id and "cancelled" in rows[0].text
+    assert any("succeeded" in r.text and str(tiny_model_dir) in r.text for r in rows[1:])
+    _screenshot(browser, "dashboard-jobs.png")

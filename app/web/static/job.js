@@ -109,9 +109,9 @@
         await sleep(2000);
         continue;
       }
-      if (response.status === 404) {
+      if (response.status === 404 || response.status === 405) {
         const body = await window.forge.errorOf(response);
-        if (body.param !== "job_id") return false; // no events API here
+        if (body.param !== "job_id") return false; // no events API on this server
         showError(body.message);
         return true;
       }
@@ -123,10 +123,14 @@
       draw();
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
+      let closed = false; // by the server, as opposed to dropped
       try {
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) break;
+          if (done) {
+            closed = true;
+            break;
+          }
           buffer = (buffer + value).replace(/\r\n?/g, "\n");
           let end;
           while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -140,9 +144,17 @@
           }
         }
       } catch (_) { /* dropped: reconnect below with Last-Event-ID */ }
-      if (!ended) await sleep(1000);
+      if (ended) break;
+      // The server closes the stream once the job has ended and every event is sent; a job that ended before
+      // events were recorded has no terminal event, so then the job's own status says when to stop.
+      if (closed) {
+        const now = await refreshJob();
+        if (now && TERMINAL.has(now.status)) break;
+      }
+      await sleep(1000);
     }
-    source = "complete (from the event stream)";
+    if (byStep.size === 0) await loadHistory(); // a job with no metrics events
+    else source = "complete (from the event stream)";
     draw();
     return true;
   }

@@ -15,6 +15,7 @@ from app import jobs
 from app.core.config import Settings
 from app.core.db import Database
 from app.main import create_app
+from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
 from app.web.routes import SPEC_KEYS, standard_config_yaml
 
@@ -83,7 +84,7 @@ def test_fragments_name_a_missing_job_and_bad_paging(client: TestClient) -> None
 
 def test_the_log_tail_is_the_last_lines(client: TestClient, settings: Settings) -> None:
     job_id = _job(settings)
-    log = settings.runs_dir / job_id / "logs" / "training.log"
+    log = RunFolder(settings.runs_dir / job_id, TrainingConfig()).log_file
     log.parent.mkdir(parents=True)
     log.write_text("".join(f"line {i} <b>\n" for i in range(100)))
     text = client.get(f"/ui/jobs/{job_id}/log").text
