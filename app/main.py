@@ -31,6 +31,7 @@ from app.core.db import Database, unavailable
 from app.core.errors import ForgeError
 from app.run_folder import checkpoint_finder
 from app.training_config import optimizer_names
+from app.web import routes as web
 
 log = logging.getLogger("forge.api")
 
@@ -219,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(checkpoint_routes.router)
     app.include_router(openai.router)  # the OpenAI-compatible surface, under /v1
+    web.install(app)  # the dashboard at `/`
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
