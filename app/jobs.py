@@ -1,5 +1,9 @@
 """Every job state change, each a single guarded UPDATE, so that no two processes can disagree.
 
+The same statements run on SQLite and on Postgres, except the claim (a guarded UPDATE on SQLite, one
+`FOR UPDATE SKIP LOCKED` statement on Postgres, side by side below) and the NOTIFY that wakes idle Postgres
+workers when a job is queued or a cancel asked for, sent in the transaction that makes the change.
+
 queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running job belongs to one
 (worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
 with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
@@ -15,11 +19,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, update
+from sqlalchemy import and_, func, not_, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
+from app.core.wakeup import WAKEUP_CHANNEL, WakeupEvent
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import ExportRequest, TrainingConfig
 
@@ -50,6 +55,8 @@ def create(
     job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest, kind=kind, source_job_id=source_job_id)
     session.add(job)
     try:
+        session.flush()
+        _notify(session, "queued", job.id)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key got there first
         session.rollback()
@@ -96,6 +103,15 @@ def create_export(
     # The source's lora_path stays: the export job reads the adapters from the source's run folder.
     config.save = config.save.model_copy(update=request.model_dump())
     return create(session, config, idempotency_key, kind=JobKind.export, source_job_id=source.id)
+
+
+def _notify(session: Session, event: WakeupEvent, job_id: str) -> None:
+    """Wake the workers waiting on Postgres (delivered when this transaction commits, never before); SQLite
+    workers find the change at their next poll."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": WAKEUP_CHANNEL, "payload": f"{event}:{job_id}"}
+        )
 
 
 def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
@@ -155,6 +171,7 @@ def request_cancel(session: Session, job_id: str) -> Job:
             .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running))
             .values(status=JobStatus.cancelling, cancel_requested=True, cancel_requested_at=now, updated_at=now)
         )
+        _notify(session, "cancel", job_id)
     session.commit()
     job = get(session, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -167,31 +184,61 @@ def request_cancel(session: Session, job_id: str) -> Job:
 
 
 def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
-    """Take the oldest queued job. The status guard makes the claim exclusive across processes."""
+    """Take the oldest queued job, exclusively across processes and hosts."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_skip_locked(session, worker_id, lease_seconds)
+    return _claim_guarded(session, worker_id, lease_seconds)
+
+
+def _claimed_values(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "status": JobStatus.running,
+        "phase": JobPhase.starting,
+        "worker_id": worker_id,
+        "attempt": Job.attempt + 1,  # type: ignore[operator]
+        "started_at": now,
+        "updated_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+
+
+def _oldest_queued() -> Any:
+    return select(Job.id).where(Job.status == JobStatus.queued).order_by(col(Job.created_at), col(Job.id)).limit(1)
+
+
+def _claim_guarded(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """SQLite: pick the oldest, then take it with an UPDATE guarded by its status; a lost race looks again.
+
+    SQLite has one writer at a time, so the loser's UPDATE matches nothing and costs one more look.
+    """
     while True:
-        candidate = session.exec(
-            select(Job.id).where(Job.status == JobStatus.queued).order_by(col(Job.created_at), col(Job.id)).limit(1)
-        ).first()
+        candidate = session.exec(_oldest_queued()).first()
         if candidate is None:
             return None
-        now = utcnow()
         claimed = session.execute(
             update(Job)
             .where(and_(col(Job.id) == candidate, col(Job.status) == JobStatus.queued))
-            .values(
-                status=JobStatus.running,
-                phase=JobPhase.starting,
-                worker_id=worker_id,
-                attempt=Job.attempt + 1,  # type: ignore[operator]
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
+            .values(**_claimed_values(worker_id, lease_seconds))
         )
         session.commit()
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             return get(session, candidate)
         # Another worker won this one; look again.
+
+
+def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """Postgres: one statement. The row lock taken by FOR UPDATE SKIP LOCKED makes concurrent claimers step
+    over each other's candidates instead of queueing behind them (as procrastinate and pgqueuer claim)."""
+    oldest = _oldest_queued().with_for_update(skip_locked=True).scalar_subquery()
+    claimed = session.execute(
+        update(Job)
+        .where(col(Job.id) == oldest)
+        .values(**_claimed_values(worker_id, lease_seconds))
+        .returning(col(Job.id))
+    ).scalar_one_or_none()
+    session.commit()
+    return None if claimed is None else get(session, claimed)
 
 
 def _owned(job_id: str, worker_id: str, attempt: int) -> Any:
@@ -258,27 +305,29 @@ def finish(
         outcome = session.execute(update(Job).where(owned).values(**values))
         session.commit()
         return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
-    return _unless_cancelled(session, owned, values) is not None
+    return _unless_cancelled(session, job.id, owned, values) is not None
 
 
 def requeue(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown); a job whose
     cancel was asked for is cancelled instead. Returns the new status, or None if the job was no longer ours."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _requeued(checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _requeued(checkpoint))
 
 
 def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Settle a job we own whose lease we could not keep (the database was out of reach for longer than the
     lease, so the training process ended itself): as `expire_lost` would settle it once the lease runs out."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _lost(job, checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _lost(job, checkpoint))
 
 
-def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> JobStatus | None:
+def _unless_cancelled(session: Session, job_id: str, where: Any, values: dict[str, Any]) -> JobStatus | None:
     """Apply `values` to the job `where` matches, unless a cancel was requested for it: then it ends `cancelled`.
 
     A requested cancel ends `cancelled` whatever else happens (a worker shutdown, a crash, a lost lease): such a
     job must never go back to the queue, where another worker would run it again. Returns the status written,
-    or None when `where` matched nothing.
+    or None when `where` matched nothing. A job put back in the queue wakes the idle workers.
     """
     now = utcnow()
     stopped = session.execute(update(Job).where(and_(where, col(Job.cancel_requested))).values(**_cancelled(now)))
@@ -286,6 +335,8 @@ def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> J
     if status is None:
         outcome = session.execute(update(Job).where(and_(where, not_(col(Job.cancel_requested)))).values(**values))
         status = values["status"] if outcome.rowcount == 1 else None  # type: ignore[attr-defined]
+    if status == JobStatus.queued:
+        _notify(session, "queued", job_id)
     session.commit()
     return status
 
@@ -362,6 +413,7 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
         .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.failed, col(Job.error_code) == job.error_code))
         .values(**values)
     )
+    _notify(session, "queued", job_id)
     session.commit()
     return get(session, job_id)
 
@@ -383,7 +435,7 @@ def expire_lost(
     for job in session.exec(select(Job).where(expired)).all():
         checkpoint = checkpoint_of(job) if checkpoint_of else None
         status = _unless_cancelled(
-            session, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
+            session, job.id, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
         )
         if status is not None:
             settled.append((job.id, status))

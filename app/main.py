@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import datasets, training
+from app.api.routes import datasets, training, workers
 from app.api.status_cache import StatusCache
 from app.core import disk
 from app.core.config import Settings, get_settings
@@ -120,7 +120,7 @@ async def _warm_up() -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in [*training.router.routes, *datasets.router.routes]:
+    for route in [*training.router.routes, *datasets.router.routes, *workers.router.routes]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _internal_error()
 
     app.include_router(training.router)
+    app.include_router(workers.router)
     app.include_router(datasets.router)
     if settings.cors_origins:
         app.add_middleware(

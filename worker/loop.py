@@ -12,19 +12,18 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app import jobs
+from app import jobs, workers
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.wakeup import Wakeup
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
 from worker import faults, supervision
@@ -56,8 +55,13 @@ _T = TypeVar("_T")
 class Worker:
     def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
         self.settings = settings
+        workers.check_writable(settings.runs_dir)
         self.db = Database(settings)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or settings.worker_id or workers.default_id()
+        self.gpus = workers.visible_gpus() if settings.worker_gpus is None else settings.worker_gpus
+        if settings.worker_gpus is not None:  # the training processes (spawned later) see these GPUs only
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in settings.worker_gpus)
+        self.wakeup = Wakeup(self.settings.sqlalchemy_url)
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
@@ -73,7 +77,16 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
-        log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
+        log.info("worker %s (GPUs %s) watching %s", self.worker_id, self.gpus or "none", self.db.engine.url)
+        heartbeat = workers.Heartbeat(self.db, self.worker_id, self.gpus, self.settings.heartbeat_seconds)
+        try:
+            return self._run(max_jobs, exit_when_idle)
+        finally:
+            heartbeat.stop()
+            self.wakeup.close()
+            self.db.dispose()
+
+    def _run(self, max_jobs: int | None, exit_when_idle: bool) -> int:
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
             claimed_at = time.monotonic()  # the lease counts from a moment after this
@@ -87,12 +100,11 @@ class Worker:
                 if exit_when_idle:
                     break
                 self._retire_idle_child()
-                time.sleep(self.settings.worker_poll_seconds)
+                self.wakeup.wait(self.settings.worker_poll_seconds)  # a NOTIFY on Postgres ends it early
                 continue
             self.run_job(job, claimed_at)
             done += 1
         self._retire_child()
-        self.db.dispose()
         return done
 
     def _claim(self, session: Session) -> Job | None:
@@ -248,7 +260,7 @@ class Worker:
             if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
                 self._flush(job, pending)
                 last_flush = now
-            if now >= next_heartbeat and self.backoff.ready(now):
+            if (now >= next_heartbeat or self.wakeup.cancel_requested(job.id)) and self.backoff.ready(now):
                 next_heartbeat = now + self.settings.heartbeat_seconds
                 try:
                     cancel = self._renew(job, training.lease)

@@ -1,4 +1,4 @@
-"""The database engine (SQLite in WAL mode) and migrations, applied at start-up by alembic alone."""
+"""The database engine (SQLite in WAL mode, or Postgres) and migrations, applied at start-up by alembic alone."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
 from alembic import command
@@ -74,9 +75,30 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# Any fixed number: the key of the Postgres advisory lock that one migrating process holds at a time.
+MIGRATE_LOCK_KEY = 0x466F726765
+
+
+def is_postgres(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
 def migrate(url: str) -> None:
-    """Bring the schema to head; a file lock keeps an API and workers starting together from racing."""
+    """Bring the schema to head; a lock (a file for SQLite, an advisory lock on Postgres) keeps an API and
+    workers starting together from racing."""
     parsed = make_url(url)
+    if is_postgres(url):
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATE_LOCK_KEY})
+                try:
+                    command.upgrade(alembic_config(url), "head")
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATE_LOCK_KEY})
+        finally:
+            engine.dispose()
+        return
     lock_path = (
         Path(parsed.database + ".migrate.lock")
         if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:"
