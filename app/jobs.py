@@ -435,7 +435,10 @@ def expire_lost(
     for job in session.exec(select(Job).where(expired)).all():
         checkpoint = checkpoint_of(job) if checkpoint_of else None
         status = _unless_cancelled(
-            session, job.id, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
+            session,
+            job.id,
+            and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired),
+            _lost(job, checkpoint),
         )
         if status is not None:
             settled.append((job.id, status))

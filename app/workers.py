@@ -37,6 +37,15 @@ def visible_gpus() -> list[int]:
     return sorted(int(m.group(1)) for p in Path("/dev").glob("nvidia*") if (m := re.fullmatch(r"nvidia(\d+)", p.name)))
 
 
+def gpus_for(configured: Sequence[int] | None) -> list[int]:
+    """The GPUs a worker trains on: FORGE_WORKER_GPUS when set (the training processes it spawns later then see
+    those only), else every GPU it sees."""
+    if configured is None:
+        return visible_gpus()
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in configured)
+    return list(configured)
+
+
 def check_writable(runs_dir: Path) -> None:
     """Refuse to start a worker that cannot write run folders: every host's workers must share this folder."""
     probe = runs_dir / f".write-check-{socket.gethostname()}-{os.getpid()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,16 @@ GPU_ONLY = [
     pytest.mark.gpu,
     pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA and the `gpu` extra (Unsloth)"),
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`bench` tests run only when asked for (-m bench): `make test` and `make fast` leave them out."""
+    if "bench" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="benchmark-sized: run with -m bench")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)
 
 
 def cache_dir() -> Path:

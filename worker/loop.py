@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -58,9 +57,7 @@ class Worker:
         workers.check_writable(settings.runs_dir)
         self.db = Database(settings)
         self.worker_id = worker_id or settings.worker_id or workers.default_id()
-        self.gpus = workers.visible_gpus() if settings.worker_gpus is None else settings.worker_gpus
-        if settings.worker_gpus is not None:  # the training processes (spawned later) see these GPUs only
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in settings.worker_gpus)
+        self.gpus = workers.gpus_for(settings.worker_gpus)
         self.wakeup = Wakeup(self.settings.sqlalchemy_url)
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic.config import Config
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
@@ -21,7 +22,8 @@ from app.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# How long a write waits for another connection's write lock before it fails as `busy` (SQLite's busy_timeout).
+# How long a write waits for another connection's lock before it fails as `busy` (SQLite's busy_timeout, Postgres'
+# lock_timeout).
 # Long enough for any of our own transactions (milliseconds each); short enough that a database held locked for
 # long by someone else (a backup, a long query) gets the API's 503 within seconds, and lets the worker go on
 # training and retry (worker/loop.py) instead of blocking its supervision loop.
@@ -36,12 +38,26 @@ def unavailable(exc: BaseException) -> str | None:
     """Why the database refused a statement that may work later: "full" (its disk), "busy" (locked by another
     process, or not reachable now), or None for any other error (a bug: not to be retried)."""
     error = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(error, psycopg.Error):
+        return _postgres_unavailable(error)
     if not isinstance(error, sqlite3.DatabaseError):
         return None
     message = str(error).lower()
     if any(text in message for text in _FULL_MESSAGES):
         return "full"
     if any(text in message for text in _BUSY_MESSAGES):
+        return "busy"
+    return None
+
+
+def _postgres_unavailable(error: psycopg.Error) -> str | None:
+    """Postgres' twin of the SQLite words: its disk full (53100), or an operational error (the server away,
+    restarting or refusing connections, a lock not granted within the lock timeout, a deadlock broken, a
+    serialization conflict), less a program limit (class 54: the statement itself is at fault)."""
+    state = error.sqlstate or ""
+    if state == "53100":
+        return "full"
+    if isinstance(error, psycopg.OperationalError) and not state.startswith("54"):
         return "busy"
     return None
 
@@ -64,6 +80,12 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if parsed.get_backend_name() == "postgresql":
+        # As SQLite's busy timeout: a row lock held by someone else, or a server that does not answer, fails the
+        # statement as `busy` within seconds (the API's 503, the worker's retry) instead of blocking it.
+        timeout = int(BUSY_TIMEOUT_SECONDS)
+        connect_args = {"connect_timeout": timeout, "options": f"-c lock_timeout={timeout * 1000}"}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     return create_engine(url, pool_pre_ping=True)
 
 

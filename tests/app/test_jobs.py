@@ -78,7 +78,8 @@ def test_an_export_job_whose_worker_was_lost_starts_over(db_settings: Settings) 
         export, _ = jobs.create(s, stubborn, kind=JobKind.export, source_job_id="src")
         job = jobs.claim_next(s, "worker-a", 60)
         assert job is not None and job.id == export.id
-        lost = jobs.expire_lost(s, now=later, checkpoint_of=lambda _: None)
+        # Past this claim's lease too (the first `later` may not be, on a machine slow enough).
+        lost = jobs.expire_lost(s, now=utcnow() + timedelta(seconds=61), checkpoint_of=lambda _: None)
         assert (job.id, JobStatus.failed) in lost
         resumed = jobs.resume(s, job.id, lambda _: None)
         assert (resumed.status, resumed.resume_from, resumed.error_code) == (JobStatus.queued, None, None)

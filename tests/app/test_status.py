@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.core.db import make_engine
 from app.models import Job, JobStatus
 from app.training_config import TrainingConfig
-from tests.conftest import wait_for
+from tests.e2e.conftest import wait_for
 
 
 @pytest.mark.parametrize(
