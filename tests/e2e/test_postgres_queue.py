@@ -192,7 +192,12 @@ def test_an_idle_worker_is_woken_by_notify_and_a_cancel_reaches_it_at_once(
 ) -> None:
     """Polls every 30 s and heartbeats every 30 s: only LISTEN/NOTIFY can start the job within 1 s of its POST
     and stop it within seconds of the cancel."""
-    slow = {"FORGE_DATABASE_URL": postgres_url, "FORGE_WORKER_POLL_SECONDS": "30", "FORGE_HEARTBEAT_SECONDS": "30"}
+    slow = {
+        "FORGE_DATABASE_URL": postgres_url,
+        "FORGE_WORKER_POLL_SECONDS": "30",
+        "FORGE_HEARTBEAT_SECONDS": "30",
+        "FORGE_LEASE_SECONDS": "90",  # a heartbeat of at most a third of the lease
+    }
     client = httpx.Client(base_url=processes.api(FORGE_DATABASE_URL=postgres_url), timeout=60)
     processes.worker(FORGE_WORKER_ID="waiter", FORGE_WORKER_GPUS="", **slow)
     wait_for(lambda: client.get("/api/training/workers").json()["items"], 60, "the worker to register")
