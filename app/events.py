@@ -19,7 +19,7 @@ from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from app.models import UTCDateTime, utcnow
+from app.models import UTCDateTime, utcnow, varchar_enum
 
 
 class EventType(enum.StrEnum):
@@ -57,8 +57,8 @@ class Event(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    level: EventLevel = Field(default=EventLevel.info, max_length=16)
-    type: EventType = Field(max_length=32)
+    level: EventLevel = Field(default=EventLevel.info, sa_type=varchar_enum(EventLevel), nullable=False)
+    type: EventType = Field(sa_type=varchar_enum(EventType), nullable=False)
     message: str
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 

@@ -1,5 +1,9 @@
 """Every job state change, each a single guarded UPDATE, so that no two processes can disagree.
 
+The same statements run on SQLite and on Postgres, except the claim (a guarded UPDATE on SQLite, one
+`FOR UPDATE SKIP LOCKED` statement on Postgres, side by side below) and the NOTIFY that wakes idle Postgres
+workers when a job is queued or a cancel asked for, sent in the transaction that makes the change.
+
 queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running job belongs to one
 (worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
 with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
@@ -15,12 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, update
+from sqlalchemy import and_, func, not_, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app import events
 from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.wakeup import WAKEUP_CHANNEL, WakeupEvent
 from app.events import EventLevel, EventType
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import ExportRequest, TrainingConfig
@@ -61,6 +66,8 @@ def create(
         )
     )
     try:
+        session.flush()
+        _notify(session, "queued", job.id)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key got there first
         session.rollback()
@@ -116,6 +123,15 @@ def create_export(
     if request.checkpoint is not None:  # a trainer checkpoint holds adapters too: read from there instead
         config.save.lora_path = f"{config.training.output_dir.rstrip('/')}/{request.checkpoint}"
     return create(session, config, idempotency_key, kind=JobKind.export, source_job_id=source.id)
+
+
+def _notify(session: Session, event: WakeupEvent, job_id: str) -> None:
+    """Wake the workers waiting on Postgres (delivered when this transaction commits, never before); SQLite
+    workers find the change at their next poll."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": WAKEUP_CHANNEL, "payload": f"{event}:{job_id}"}
+        )
 
 
 def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
@@ -179,6 +195,7 @@ def request_cancel(session: Session, job_id: str) -> Job:
         )
         if running.rowcount == 1:  # type: ignore[attr-defined]
             events.add(session, _cancel_events(job_id, JobStatus.cancelling))
+        _notify(session, "cancel", job_id)
     session.commit()
     job = get(session, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -218,26 +235,42 @@ def _requeued_event(job_id: str, reason: str, checkpoint: str | None) -> events.
 
 
 def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
-    """Take the oldest queued job. The status guard makes the claim exclusive across processes."""
+    """Take the oldest queued job, exclusively across processes and hosts."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_skip_locked(session, worker_id, lease_seconds)
+    return _claim_guarded(session, worker_id, lease_seconds)
+
+
+def _claimed_values(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "status": JobStatus.running,
+        "phase": JobPhase.starting,
+        "worker_id": worker_id,
+        "attempt": Job.attempt + 1,  # type: ignore[operator]
+        "started_at": now,
+        "updated_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+
+
+def _oldest_queued() -> Any:
+    return select(Job.id).where(Job.status == JobStatus.queued).order_by(col(Job.created_at), col(Job.id)).limit(1)
+
+
+def _claim_guarded(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """SQLite: pick the oldest, then take it with an UPDATE guarded by its status; a lost race looks again.
+
+    SQLite has one writer at a time, so the loser's UPDATE matches nothing and costs one more look.
+    """
     while True:
-        candidate = session.exec(
-            select(Job.id).where(Job.status == JobStatus.queued).order_by(col(Job.created_at), col(Job.id)).limit(1)
-        ).first()
+        candidate = session.exec(_oldest_queued()).first()
         if candidate is None:
             return None
-        now = utcnow()
         claimed = session.execute(
             update(Job)
             .where(and_(col(Job.id) == candidate, col(Job.status) == JobStatus.queued))
-            .values(
-                status=JobStatus.running,
-                phase=JobPhase.starting,
-                worker_id=worker_id,
-                attempt=Job.attempt + 1,  # type: ignore[operator]
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
+            .values(**_claimed_values(worker_id, lease_seconds))
         )
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             attempt, resume_from = session.execute(
@@ -252,6 +285,20 @@ def claim_next(session: Session, worker_id: str, lease_seconds: float) -> Job | 
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             return get(session, candidate)
         # Another worker won this one; look again.
+
+
+def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """Postgres: one statement. The row lock taken by FOR UPDATE SKIP LOCKED makes concurrent claimers step
+    over each other's candidates instead of queueing behind them (as procrastinate and pgqueuer claim)."""
+    oldest = _oldest_queued().with_for_update(skip_locked=True).scalar_subquery()
+    claimed = session.execute(
+        update(Job)
+        .where(col(Job.id) == oldest)
+        .values(**_claimed_values(worker_id, lease_seconds))
+        .returning(col(Job.id))
+    ).scalar_one_or_none()
+    session.commit()
+    return None if claimed is None else get(session, claimed)
 
 
 def _owned(job_id: str, worker_id: str, attempt: int) -> Any:
@@ -347,8 +394,8 @@ def _unless_cancelled(
 
     A requested cancel ends `cancelled` whatever else happens (a worker shutdown, a crash, a lost lease): such a
     job must never go back to the queue, where another worker would run it again. The job's event (finished, or
-    back in the queue for `reason`) is written with it. Returns the status written, or None when `where` matched
-    nothing.
+    back in the queue for `reason`) is written with it, and a job put back in the queue wakes the idle workers.
+    Returns the status written, or None when `where` matched nothing.
     """
     now = utcnow()
     stopped = session.execute(update(Job).where(and_(where, col(Job.cancel_requested))).values(**_cancelled(now)))
@@ -363,6 +410,8 @@ def _unless_cancelled(
             session.add(_requeued_event(job_id, reason, values["resume_from"]))
         else:
             session.add(_finished_event(job_id, status, values.get("error_code"), values.get("error_message")))
+    if status == JobStatus.queued:
+        _notify(session, "queued", job_id)
     session.commit()
     return status
 
@@ -441,6 +490,7 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
     )
     if resumed.rowcount == 1:  # type: ignore[attr-defined]
         session.add(_requeued_event(job_id, "resume", checkpoint))
+    _notify(session, "queued", job_id)
     session.commit()
     return get(session, job_id)
 

@@ -23,7 +23,7 @@ from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
 from app.api.routes import checkpoints as checkpoint_routes
-from app.api.routes import datasets, events, openai, training
+from app.api.routes import datasets, events, openai, training, workers
 from app.api.status_cache import StatusCache
 from app.core import disk
 from app.core.config import Settings, get_settings
@@ -128,6 +128,7 @@ def _allowed_methods(path: str) -> set[str]:
         *events.router.routes,
         *checkpoint_routes.router.routes,
         *openai.router.routes,
+        *workers.router.routes,
     ]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
@@ -216,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _internal_error()
 
     app.include_router(training.router)
+    app.include_router(workers.router)
     app.include_router(datasets.router)
     app.include_router(events.router)
     app.include_router(checkpoint_routes.router)

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app import jobs
+from app import jobs, workers
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.wakeup import Wakeup
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
 from app.training_config import optimizer_names
@@ -52,7 +50,6 @@ from worker.supervision import TrainingProcess as _Child
 
 log = logging.getLogger("forge.worker")
 
-
 PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
 _T = TypeVar("_T")
 
@@ -60,8 +57,11 @@ _T = TypeVar("_T")
 class Worker:
     def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
         self.settings = settings
+        workers.check_writable(settings.runs_dir)
         self.db = Database(settings)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or settings.worker_id or workers.default_id()
+        self.gpus = workers.gpus_for(settings.worker_gpus)
+        self.wakeup = Wakeup(self.settings.sqlalchemy_url)
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
@@ -79,10 +79,18 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
-        # Reading a job's config checks its optimizer against transformers' list: imported now (tens of seconds on
-        # a busy machine, holding the interpreter for seconds at a time), not while a job's lease is held.
+        # A job's config checks its optimizer against transformers' list: imported now, not while a lease is held.
         optimizer_names()
-        log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
+        log.info("worker %s (GPUs %s) watching %s", self.worker_id, self.gpus or "none", self.db.engine.url)
+        heartbeat = workers.Heartbeat(self.db, self.worker_id, self.gpus, self.settings.heartbeat_seconds)
+        try:
+            return self._run(max_jobs, exit_when_idle)
+        finally:
+            heartbeat.stop()
+            self.wakeup.close()
+            self.db.dispose()
+
+    def _run(self, max_jobs: int | None, exit_when_idle: bool) -> int:
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
             try:
@@ -95,12 +103,11 @@ class Worker:
                 if exit_when_idle:
                     break
                 self._retire_idle_child()
-                time.sleep(self.settings.worker_poll_seconds)
+                self.wakeup.wait(self.settings.worker_poll_seconds)  # a NOTIFY on Postgres ends it early
                 continue
             self.run_job(*claimed)
             done += 1
         self._retire_child()
-        self.db.dispose()
         return done
 
     def _claim(self, session: Session) -> tuple[Job, float] | None:
@@ -114,7 +121,6 @@ class Worker:
     def checkpoint_of(self, job: Job) -> str | None:
         return checkpoint_finder(self.settings.runs_dir)(job)
 
-    # -- the database, which may refuse writes for a while ---------------------------------------------------
     def _db(self, what: str, action: Callable[[Session], _T]) -> _T:
         return supervision.once(self.db, self.backoff, what, action)
 
@@ -262,7 +268,7 @@ class Worker:
             if heartbeat.lost and not reason:
                 log.warning("job %s is no longer ours; stopping it", job.id)
                 reason = "lost"
-            if heartbeat.cancel_requested and not reason:
+            if (heartbeat.cancel_requested or self.wakeup.cancel_requested(job.id)) and not reason:
                 reason = "cancel"
             if self.stopping and not reason:
                 reason = "shutdown"

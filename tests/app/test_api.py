@@ -256,7 +256,7 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 26
+    assert len(operations) == 27  # with GET /api/training/workers
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json").replace("{file_id}", "file-x")
@@ -283,6 +283,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}",
         "/api/training/jobs/{job_id}/cancel",
         "/api/training/jobs/{job_id}/resume",
+        "/api/training/workers",
         "/api/training/jobs/{job_id}/exports",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",

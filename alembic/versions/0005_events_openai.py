@@ -1,7 +1,7 @@
 """Job events (the list and the stream), and the OpenAI-compatible API's files and job extras.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -39,8 +39,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("level", sa.Enum(*LEVELS, name="eventlevel"), nullable=False),
-        sa.Column("type", sa.Enum(*EVENT_TYPES, name="eventtype"), nullable=False),
+        sa.Column("level", sa.Enum(*LEVELS, name="eventlevel", native_enum=False), nullable=False),
+        sa.Column("type", sa.Enum(*EVENT_TYPES, name="eventtype", native_enum=False), nullable=False),
         sa.Column("message", sa.String(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
