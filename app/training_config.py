@@ -149,6 +149,10 @@ MAX_GPUS = 64  # one host's GPUs: torchrun --standalone starts every rank on the
 GpuCount = Annotated[int, Field(ge=1, le=MAX_GPUS)] | Literal["all"]
 
 
+def _none_is_empty(value: object) -> object:
+    return [] if value == "none" else value
+
+
 class TrainingSection(_Section):
     per_device_train_batch_size: CountOrAuto = Field(
         default=2,
@@ -226,6 +230,12 @@ class TrainingSection(_Section):
     )
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
+    )
+    report_to: Annotated[list[Literal["tensorboard", "mlflow"]], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list,
+        description='Where the trainer also logs its metrics: "tensorboard" writes event files under '
+        'logs/tensorboard in the run folder; "mlflow" logs a run named by the job id to MLFLOW_TRACKING_URI '
+        '(default: .factory/mlflow.db in the project); [] or "none": nowhere else.',
     )
 
     @field_validator("output_dir")
@@ -388,8 +398,29 @@ class SaveSection(_Section):
         return _gguf_types(self.gguf_path, self.gguf_quantization)
 
 
+CheckpointName = Annotated[
+    str,
+    StringConstraints(pattern=r"^checkpoint-[0-9]{1,12}$"),
+    Field(description="A checkpoint folder in the job's training.output_dir, e.g. checkpoint-40."),
+]
+
+
+class ResumeRequest(_Section):
+    """Body of POST /api/training/jobs/{id}/resume (optional)."""
+
+    checkpoint: CheckpointName | None = Field(
+        default=None,
+        description="Resume from this checkpoint (GET .../checkpoints lists them); null: the newest complete one.",
+    )
+
+
 class ExportRequest(_Section):
     """Body of POST /api/training/jobs/{id}/exports: a finished job's adapters, exported again."""
+
+    checkpoint: CheckpointName | None = Field(
+        default=None,
+        description="Export this checkpoint's adapters (GET .../checkpoints lists them); null: the final ones.",
+    )
 
     merged_path: RunPath | None = Field(
         default=None, description="Also keep the merged 16-bit model, in the export job's run folder; null: don't."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from app.core.config import Settings
 from app.demo_data import write_splits
+from tests import postgres
+from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +32,16 @@ GPU_ONLY = [
     pytest.mark.gpu,
     pytest.mark.skipif(not _gpu_ready(), reason="needs CUDA and the `gpu` extra (Unsloth)"),
 ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`bench` tests run only when asked for (-m bench): `make test` and `make fast` leave them out."""
+    if "bench" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="benchmark-sized: run with -m bench")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)
 
 
 def cache_dir() -> Path:
@@ -118,6 +131,39 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(project: Path, models_root: Path) -> Settings:
     return Settings(project_dir=project, cache_dir=cache_dir(), api_token=None, model_dirs=[models_root])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real Postgres server for the session (Debian's `postgresql` package; .ci/run installs it)."""
+    if not postgres.available():
+        if os.environ.get("CI"):
+            pytest.fail("Postgres is not installed: .ci/run installs Debian's `postgresql` package")
+        pytest.skip("Postgres is not installed (apt-get install postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's Postgres server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The queue's database, each test run on both: None is the default SQLite file in the project."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def db_settings(settings: Settings, database_url: str | None) -> Settings:
+    """`settings` on each database in turn (SQLite, then Postgres)."""
+    return settings.model_copy(update={"database_url": database_url})
 
 
 def tiny_config(model_dir: Path, **training: Any) -> dict[str, Any]:

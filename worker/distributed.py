@@ -3,8 +3,9 @@
 
 Rank 0 connects to the worker through a Unix socket and speaks the pipe's protocol (worker.protocol): it gets the
 JobSpec, reports progress and ends with the job's outcome; the other ranks only train (worker/ranks.py). Every
-rank reads the stop flag and the lease deadline from one small file the worker maps into memory (`Flags`), so a
-cancel, a shutdown and the lease watchdog reach all of them. The torchrun agent dies with the worker and the ranks
+rank reads the stop flag and the lease deadline from one small file the worker maps into memory (`Flags`); the
+worker's lease clock writes each renewal of its heartbeat thread there too (`LeaseClock.mirror`), so a cancel, a
+shutdown and the lease watchdog reach all of them. The torchrun agent dies with the worker and the ranks
 with the agent (PR_SET_PDEATHSIG in each); a rank that fails makes torchrun end the others.
 
 The worker process imports this module; it must not import torch (the agent and the ranks do, in themselves).
@@ -28,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from app import workers
 from app.models import Job, JobKind
 from worker import lease
 from worker.lease import LeaseClock
@@ -44,27 +46,12 @@ MONITOR_SECONDS = 0.5  # how often the torchrun agent looks at its ranks
 FAILED_RANK_GRACE_SECONDS = 3.0  # a failed rank other than 0 waits this long before torchrun ends the others
 
 
-def worker_gpus() -> list[int]:
-    """The GPUs this worker trains on: FORGE_WORKER_GPUS (e.g. 0,1), else CUDA_VISIBLE_DEVICES, else every NVIDIA
-    device; none on a CPU-only machine. The workers registry (app/workers.py) owns this rule once it is merged."""
-    listed = os.environ.get("FORGE_WORKER_GPUS", os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if listed is not None:
-        return [int(part) for part in listed.split(",") if part.strip().isdigit()]
-    return sorted(int(p.name[6:]) for p in Path("/dev").glob("nvidia*") if p.name[6:].isdigit())
-
-
-def capacity(gpus: list[int]) -> int:
-    """How many ranks a job may have on a worker with `gpus`: one per GPU; on a CPU-only worker FORGE_WORKER_GPUS
-    may still name slots, each a CPU rank (gloo), and without it the worker runs one-process jobs only."""
-    return max(1, len(gpus))
-
-
 def ranks_for(job: Job, gpus: list[int]) -> int:
     """The ranks `job` trains with on this worker (an export job, which does not train, runs in one process)."""
     wanted = job.training_config.training.num_gpus
     if job.kind != JobKind.training:
         return 1
-    return capacity(gpus) if wanted == "all" else wanted
+    return workers.capacity(gpus) if wanted == "all" else wanted
 
 
 class Flags:
@@ -159,8 +146,9 @@ class Torchrun:
         shutil.rmtree(self.control, ignore_errors=True)
 
 
-def launch(spec: JobSpec, backend: str, ranks: int, gpus: list[int], lease_seconds: float) -> TrainingProcess:
-    """Start `ranks` training processes for one job under torchrun (not reused for another job)."""
+def launch(spec: JobSpec, backend: str, ranks: int, gpus: list[int], lease: LeaseClock) -> TrainingProcess:
+    """Start `ranks` training processes for one job under torchrun (not reused for another job); their deadline
+    follows the worker's lease clock until the job ends (`LeaseClock.mirror`)."""
     control = Path(tempfile.mkdtemp(prefix=f"forge-{spec.job_id}-"))  # private (0700): the socket needs no key
     flags = Flags.create(control / FLAGS_FILE)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -176,8 +164,8 @@ def launch(spec: JobSpec, backend: str, ranks: int, gpus: list[int], lease_secon
     log.info("job %s: starting %d ranks under torchrun (GPUs %s)", spec.job_id, ranks, gpus[:ranks] or "none")
     # A session of its own: a Ctrl-C in the worker's terminal is the worker's to handle, as for one process.
     popen = subprocess.Popen(command, env=env, start_new_session=True)
-    clock = LeaseClock.over(flags.deadline, lease_seconds)
-    return TrainingProcess(Torchrun(popen, control), RankZero(listener), flags.stop, clock, backend, reusable=False)
+    lease.mirror(flags.deadline)
+    return TrainingProcess(Torchrun(popen, control), RankZero(listener), flags.stop, backend, reusable=False)
 
 
 def agent_main(argv: list[str]) -> None:

@@ -41,28 +41,34 @@ def margin(lease_seconds: float) -> float:
 
 
 class LeaseClock:
-    """The worker's side: the deadline shared with one training process (a double in shared memory; one aligned
-    8-byte store, so the reader never sees half of one and needs no lock)."""
+    """The worker's side: the deadline shared with its training processes (a double in shared memory; one aligned
+    8-byte store, so a reader never sees half of one and needs no lock). A job on several ranks reads a copy in a
+    file they map (worker/distributed.py): `mirror` it, and each renewal moves it too, until `disarm`."""
 
     def __init__(self, context: Any, lease_seconds: float) -> None:
         self.shared = context.RawValue("d", DISARMED)
         self.lease_seconds = lease_seconds
+        self._mirrors: tuple[Any, ...] = ()
 
-    @classmethod
-    def over(cls, shared: Any, lease_seconds: float) -> LeaseClock:
-        """A clock on a deadline shared otherwise (a `.value` double: worker/distributed.py's flags file)."""
-        clock = cls.__new__(cls)
-        clock.shared, clock.lease_seconds = shared, lease_seconds
-        return clock
+    def mirror(self, deadline: Any) -> None:
+        """Keep `deadline` (a `.value` double) equal to this clock's until `disarm`; it starts at the current one."""
+        self._mirrors = (*self._mirrors, deadline)  # replaced whole: the heartbeat thread reads it meanwhile
+        deadline.value = self.shared.value
 
     def renewed(self, started_at: float) -> None:
         """The lease was renewed (or claimed) by a write that started at monotonic time `started_at`: the database
         counts the lease from a moment after it."""
-        self.shared.value = started_at + self.lease_seconds - margin(self.lease_seconds)
+        self._set(started_at + self.lease_seconds - margin(self.lease_seconds))
 
     def disarm(self) -> None:
-        """The job is over: the process may idle for the next one without a lease."""
-        self.shared.value = DISARMED
+        """The job is over: the process may idle for the next one without a lease; mirrors are let go."""
+        self._set(DISARMED)
+        self._mirrors = ()
+
+    def _set(self, deadline: float) -> None:
+        self.shared.value = deadline
+        for copy in self._mirrors:
+            copy.value = deadline
 
     def remaining(self) -> float | None:
         deadline = float(self.shared.value)

@@ -3,31 +3,33 @@ status file, pass on cancel requests, and never leave a job `running` once it ha
 
 The database may refuse writes for a while (locked by a backup or a long query, out of reach, its disk full):
 the worker then keeps the job training, keeps its progress in memory and retries with backoff; the lease rules
-(worker/lease.py) decide when the training process must stop because the lease can no longer be proved.
+(worker/lease.py) decide when the training process must stop because the lease can no longer be proved. The lease
+is renewed by a thread of its own (worker/heartbeat.py), so nothing this loop waits on can make a renewal late.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app import jobs
+from app import jobs, workers
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.wakeup import Wakeup
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
+from app.training_config import optimizer_names
 from worker import distributed, faults, supervision
+from worker.events import JobEvents
+from worker.heartbeat import Heartbeat
 from worker.lease import EXIT_LEASE_LOST, LeaseClock
 from worker.protocol import (
     BackendChosen,
@@ -47,7 +49,6 @@ from worker.supervision import TrainingProcess as _Child
 
 log = logging.getLogger("forge.worker")
 
-
 PROGRESS_FLUSH_SECONDS = 0.5  # progress reaches the database at most twice a second
 _T = TypeVar("_T")
 
@@ -55,12 +56,16 @@ _T = TypeVar("_T")
 class Worker:
     def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
         self.settings = settings
+        workers.check_writable(settings.runs_dir)
         self.db = Database(settings)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.gpus = distributed.worker_gpus()
+        self.worker_id = worker_id or settings.worker_id or workers.default_id()
+        self.gpus = workers.gpus_for(settings.worker_gpus)
+        self.wakeup = Wakeup(self.settings.sqlalchemy_url)
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
         self.child: _Child | None = None
+        # Until when the training process may run the current job: one clock, shared with each training process.
+        self.lease = LeaseClock(self.context, settings.lease_seconds)
         self.backoff = Backoff(settings.lease_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -73,55 +78,82 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
-        log.info("worker %s watching %s", self.worker_id, self.settings.sqlalchemy_url)
+        # A job's config checks its optimizer against transformers' list: imported now, not while a lease is held.
+        optimizer_names()
+        log.info("worker %s (GPUs %s) watching %s", self.worker_id, self.gpus or "none", self.db.engine.url)
+        heartbeat = workers.Heartbeat(self.db, self.worker_id, self.gpus, self.settings.heartbeat_seconds)
+        try:
+            return self._run(max_jobs, exit_when_idle)
+        finally:
+            heartbeat.stop()
+            self.wakeup.close()
+            self.db.dispose()
+
+    def _run(self, max_jobs: int | None, exit_when_idle: bool) -> int:
         done = 0
         while not self.stopping and (max_jobs is None or done < max_jobs):
-            claimed_at = time.monotonic()  # the lease counts from a moment after this
             try:
-                job = self._db("looking for a job", self._claim)
+                claimed = self._db("looking for a job", self._claim)
             except DatabaseDown:
                 self._retire_idle_child()
                 time.sleep(self.backoff.delay)
                 continue
-            if job is None:
+            if claimed is None:
                 if exit_when_idle:
                     break
                 self._retire_idle_child()
-                time.sleep(self.settings.worker_poll_seconds)
+                self.wakeup.wait(self.settings.worker_poll_seconds)  # a NOTIFY on Postgres ends it early
                 continue
-            self.run_job(job, claimed_at)
+            self.run_job(*claimed)
             done += 1
         self._retire_child()
-        self.db.dispose()
         return done
 
-    def _claim(self, session: Session) -> Job | None:
+    def _claim(self, session: Session) -> tuple[Job, float] | None:
+        """The job claimed, and a monotonic time before its lease began (settling lost jobs takes a while)."""
         for job_id, status in jobs.expire_lost(session, checkpoint_of=self.checkpoint_of):
             log.warning("job %s lost its worker; now %s", job_id, status.value)
+        claimed_at = time.monotonic()
         # A job asking for more GPUs than this worker has waits for a worker that has them.
-        return jobs.claim_next(session, self.worker_id, self.settings.lease_seconds, distributed.capacity(self.gpus))
+        job = jobs.claim_next(session, self.worker_id, self.settings.lease_seconds, workers.capacity(self.gpus))
+        return None if job is None else (job, claimed_at)
 
     def checkpoint_of(self, job: Job) -> str | None:
         return checkpoint_finder(self.settings.runs_dir)(job)
 
-    # -- the database, which may refuse writes for a while ---------------------------------------------------
     def _db(self, what: str, action: Callable[[Session], _T]) -> _T:
         return supervision.once(self.db, self.backoff, what, action)
 
     def _settle(self, what: str, action: Callable[[Session], _T]) -> _T:
         return supervision.settle(self.db, self.backoff, what, action)
 
-    def _renew(self, job: Job, lease: LeaseClock) -> bool | None:
-        """Renew the job's lease, and move the training process's deadline with it. Returns whether a cancel was
-        requested, None if the job is no longer ours; raises DatabaseDown (the deadline stays where it was)."""
-        started = time.monotonic()
-        cancel = self._db("renewing the lease", lambda s: jobs.renew_lease(s, job, self.settings.lease_seconds))
-        if cancel is not None:
-            lease.renewed(started)
-        return cancel
-
     # -- one job --------------------------------------------------------------------------------------
     def run_job(self, job: Job, claimed_at: float | None = None) -> None:
+        """Run a claimed job; its lease is renewed from the claim (at monotonic `claimed_at`) to its end."""
+        self.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
+        heartbeat = Heartbeat(self.db, job, self.lease, self.settings.heartbeat_seconds)
+        try:
+            child = self._start(job, heartbeat)
+            ending = self._supervise(job, child, heartbeat) if child is not None else None
+        finally:
+            heartbeat.stop()
+            self.lease.disarm()  # the training process has stopped working on this job
+        if child is None:
+            return
+        clean = ending is not None and child.process.is_alive() and ending.clean
+        if ending is not None:
+            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
+            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
+            self._finish(job, ending, None)
+        if not clean or not child.reusable or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
+            self._retire_child()  # also collects the exit code of a child that died
+        else:
+            child.idle_since = time.monotonic()
+        if ending is None:
+            self._finish(job, ending, child.process.exitcode)
+
+    def _start(self, job: Job, heartbeat: Heartbeat) -> _Child | None:
+        """The job's run folder made and its training process given the job; None when the job ended before."""
         run_dir = RunFolder.of(self.settings.runs_dir, job).root
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +163,7 @@ class Worker:
                 f"could not create the job's run folder {run_dir}: {exc}; check FORGE_PROJECT_DIR's permissions",
             )
             self._finish(job, Ending(Failed(code=code, message=message)), None)
-            return
+            return None
         log.info(
             "job %s: claimed (attempt %d)%s",
             job.id,
@@ -151,48 +183,31 @@ class Worker:
             model_dirs=[str(d) for d in self.settings.model_dirs],
         )
         child = self._child_for(job, spec)
-        child.lease.renewed(claimed_at if claimed_at is not None else time.monotonic())
-        try:  # starting a training process can take long: give it a fresh lease
-            if self._renew(job, child.lease) is None:
-                log.warning("job %s is no longer ours before it started; leaving it", job.id)
-                child.lease.disarm()
-                return
-        except DatabaseDown:
-            pass  # the lease from the claim holds for now; the heartbeat tries again
+        if heartbeat.lost:
+            log.warning("job %s is no longer ours before it started; leaving it", job.id)
+            return None
         child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
-        ending = self._supervise(job, child)
-        child.lease.disarm()  # the training process has stopped working on this job
-        clean = ending is not None and child.process.is_alive() and ending.clean
-        if ending is not None:
-            # Recorded before waiting for the process to exit: no lease is renewed while it tears down
-            # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
-            self._finish(job, ending, None)
-        if not clean or not child.reusable or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
-            self._retire_child()  # also collects the exit code of a child that died
-        else:
-            child.idle_since = time.monotonic()
-        if ending is None:
-            self._finish(job, ending, child.process.exitcode)
+        return child
 
     # -- the training process, kept warm between jobs ------------------------------------------------------
     def _child_for(self, job: Job, spec: JobSpec) -> _Child:
         """The warm training process when it fits this job (same backend setting, one process), else a fresh one;
-        a job on several GPUs gets ranks of its own under torchrun (worker/distributed.py).
+        a job on several GPUs gets ranks of its own under torchrun (worker/distributed.py), on the same lease clock.
 
         A process that imported Unsloth has patched transformers for good, so jobs asking for another backend
         get a process of their own.
         """
         backend, ranks, child = job.training_config.backend, distributed.ranks_for(job, self.gpus), self.child
-        if ranks == 1 and child is not None and child.process.is_alive() and child.backend == backend:
+        if ranks == 1 and child is not None and child.takes(backend):
             log.info("reusing the warm training process (pid %s)", child.process.pid)
             return child
         self._retire_child()
         # Started from the main thread: the training process's parent-death signal is tied to this thread.
         if ranks > 1:
-            self.child = distributed.launch(spec, backend, ranks, self.gpus, self.settings.lease_seconds)
+            self.child = distributed.launch(spec, backend, ranks, self.gpus, self.lease)
         else:
-            self.child = _Child.spawn(self.context, self.settings.lease_seconds, backend)
+            self.child = _Child.spawn(self.context, self.lease, backend)
         return self.child
 
     def _retire_child(self) -> None:
@@ -211,11 +226,11 @@ class Worker:
             log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
             self._retire_child()
 
-    def _supervise(self, job: Job, training: _Child) -> Ending | None:
+    def _supervise(self, job: Job, training: _Child, heartbeat: Heartbeat) -> Ending | None:
         child, conn, stop_flag = training.process, training.conn, training.stop_flag
         pending: dict[str, Any] = {}
+        recorder = JobEvents(job.id, job.training_config.training.output_dir)  # written with the progress
         last_flush = 0.0
-        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         stop_asked_at: float | None = None
         reason = ""
         while True:
@@ -224,6 +239,8 @@ class Worker:
                     message = conn.recv()
                 except EOFError:
                     break
+                if found := recorder.observe(message):
+                    pending["new_events"] = [*pending.get("new_events", ()), *found]
                 match message:
                     case Succeeded() | Failed() | Stopped() | Interrupted():
                         self._flush(job, pending, wait=True)
@@ -247,17 +264,11 @@ class Worker:
             if pending and now - last_flush >= PROGRESS_FLUSH_SECONDS:
                 self._flush(job, pending)
                 last_flush = now
-            if now >= next_heartbeat and self.backoff.ready(now):
-                next_heartbeat = now + self.settings.heartbeat_seconds
-                try:
-                    cancel = self._renew(job, training.lease)
-                except DatabaseDown:
-                    cancel = False  # nothing known: training goes on until the lease deadline
-                if cancel is None:
-                    log.warning("job %s is no longer ours; stopping it", job.id)
-                    reason = reason or "lost"
-                elif cancel:
-                    reason = reason or "cancel"
+            if heartbeat.lost and not reason:
+                log.warning("job %s is no longer ours; stopping it", job.id)
+                reason = "lost"
+            if (heartbeat.cancel_requested or self.wakeup.cancel_requested(job.id)) and not reason:
+                reason = "cancel"
             if self.stopping and not reason:
                 reason = "shutdown"
             if reason and stop_asked_at is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from worker.protocol import Message, Progress, StopMode
+from worker.protocol import CheckpointSaved, Message, Metrics, Progress, StopMode
 
 log = logging.getLogger("forge.worker.job")
 
@@ -95,7 +95,12 @@ class ProgressCallback(TrainerCallback):
             self._check_divergence(loss, float(logs.get("grad_norm", 0.0)), state.global_step, control)
         if "learning_rate" in logs:
             update.learning_rate = float(logs["learning_rate"])
+        # Everything logged, for the job's events (worker/events.py); before the progress line, which stays last.
+        self.report(Metrics(step=state.global_step, epoch=entry["epoch"], logs=dict(logs)))
         self.report(update)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.report(CheckpointSaved(step=state.global_step, name=f"checkpoint-{state.global_step}"))
 
     def _check_divergence(self, loss: float, grad_norm: float, step: int, control: Any) -> None:
         if self.first_loss is None and math.isfinite(loss):

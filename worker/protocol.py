@@ -81,8 +81,22 @@ class BackendChosen:
 
 
 @dataclass
+class Metrics:
+    """Everything the trainer logged at a step (loss, learning_rate, grad_norm, eval_loss, ...): a job event."""
+
+    step: int
+    epoch: float
+    logs: dict[str, Any]
+
+
+@dataclass
 class CheckpointSaved:
-    """The LoRA adapters are saved: the job's checkpoint time."""
+    """A checkpoint is saved: a trainer checkpoint `name` (checkpoint-N, in output_dir) at `step`, or with
+    neither the LoRA adapters at the end of training (`path`, in the run folder)."""
+
+    step: int | None = None
+    name: str | None = None
+    path: str | None = None
 
 
 @dataclass
@@ -113,7 +127,7 @@ class Interrupted:
     checkpoint: str | None
 
 
-Update = PhaseStarted | Progress | PartialResult | BackendChosen | CheckpointSaved
+Update = PhaseStarted | Progress | Metrics | PartialResult | BackendChosen | CheckpointSaved
 """A message sent while the job runs."""
 Outcome = Succeeded | Failed | Stopped | Interrupted
 """The last message of a job."""

@@ -196,13 +196,15 @@ class LoraRecipe:
         self.reporter.phase(JobPhase.training)
         from transformers import PrinterCallback
 
+        from worker import reporting
         from worker.plots import write_loss_plot
         from worker.progress import ProgressCallback
         from worker.training_args import sft_config
 
         progress = ProgressCallback(self.reporter.send, self.reporter.step_stop_mode)
         args = sft_config(self.config, self.folder.output_dir, data.batch, evaluate=data.eval is not None)
-        trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress], data.eval)
+        report_to = reporting.callbacks(self.config, self.folder, self.spec.job_id, Path(self.spec.project_dir))
+        trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress, *report_to], data.eval)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
         resume = str(self.folder.root / self.spec.resume_from) if self.spec.resume_from else None
         if resume:
@@ -215,8 +217,7 @@ class LoraRecipe:
         history = [dict(entry) for entry in trainer.state.log_history]
         if ranks.leader():
             write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
-        state = trainer.state
-        seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        state, seen = trainer.state, int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
         return Trained(
             output.metrics, int(state.global_step), float(state.epoch or 0.0), seen, history, progress.log_history
         )
@@ -226,7 +227,7 @@ class LoraRecipe:
         save = self.config.save
         lora_path = self.folder.lora
         backend.save_lora(model, tokenizer, str(lora_path))
-        self.reporter.send(CheckpointSaved())
+        self.reporter.send(CheckpointSaved(path=save.lora_path))
         saved = Saved({"lora": save.lora_path}, self.folder.merged_or_scratch)
         if saved.merged is not None:
             backend.save_merged(model, tokenizer, str(saved.merged), setup.model_path, str(lora_path))

@@ -81,21 +81,23 @@ class TrainingProcess:
     process: Any
     conn: Any
     stop_flag: Any
-    lease: LeaseClock  # until when the training process may run the current job
     backend: str
     reusable: bool = True  # may take the next job (torchrun's ranks run one job: worker/distributed.py)
     idle_since: float = 0.0
 
+    def takes(self, backend: str) -> bool:
+        """Whether this warm process may run the next one-process job with `backend`."""
+        return self.reusable and self.process.is_alive() and self.backend == backend
+
     @classmethod
-    def spawn(cls, context: Any, lease_seconds: float, backend: str) -> TrainingProcess:
-        """A fresh training process (worker/child.py), waiting for its first job."""
+    def spawn(cls, context: Any, lease: LeaseClock, backend: str) -> TrainingProcess:
+        """A fresh training process (worker/child.py), waiting for its first job, on the worker's lease clock."""
         parent_conn, child_conn = context.Pipe()
         stop_flag = context.Value("i", StopMode.RUN)
-        lease = LeaseClock(context, lease_seconds)
         process = context.Process(target=child_main, args=(child_conn, stop_flag, lease.shared), daemon=True)
         process.start()
         child_conn.close()
-        return cls(process, parent_conn, stop_flag, lease, backend)
+        return cls(process, parent_conn, stop_flag, backend)
 
 
 def once(db: Database, backoff: Backoff, what: str, action: Callable[[Session], _T]) -> _T:

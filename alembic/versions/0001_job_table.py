@@ -23,8 +23,8 @@ def upgrade() -> None:
     op.create_table(
         "job",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("status", sa.Enum(*STATUSES, name="jobstatus"), nullable=False),
-        sa.Column("phase", sa.Enum(*PHASES, name="jobphase"), nullable=False),
+        sa.Column("status", sa.Enum(*STATUSES, name="jobstatus", native_enum=False), nullable=False),
+        sa.Column("phase", sa.Enum(*PHASES, name="jobphase", native_enum=False), nullable=False),
         sa.Column("config", sa.JSON(), nullable=False),
         sa.Column("backend", sa.String(length=16), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),

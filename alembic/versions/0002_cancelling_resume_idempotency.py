@@ -23,8 +23,8 @@ def upgrade() -> None:
     with op.batch_alter_table("job") as batch:
         batch.alter_column(
             "status",
-            existing_type=sa.Enum(*OLD_STATUSES, name="jobstatus"),
-            type_=sa.Enum(*NEW_STATUSES, name="jobstatus"),
+            existing_type=sa.Enum(*OLD_STATUSES, name="jobstatus", native_enum=False),
+            type_=sa.Enum(*NEW_STATUSES, name="jobstatus", native_enum=False),
             existing_nullable=False,
         )
         batch.add_column(sa.Column("resume_from", sa.String(length=512), nullable=True))
@@ -42,7 +42,7 @@ def downgrade() -> None:
         batch.drop_column("resume_from")
         batch.alter_column(
             "status",
-            existing_type=sa.Enum(*NEW_STATUSES, name="jobstatus"),
-            type_=sa.Enum(*OLD_STATUSES, name="jobstatus"),
+            existing_type=sa.Enum(*NEW_STATUSES, name="jobstatus", native_enum=False),
+            type_=sa.Enum(*OLD_STATUSES, name="jobstatus", native_enum=False),
             existing_nullable=False,
         )

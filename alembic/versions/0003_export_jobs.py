@@ -24,13 +24,13 @@ def upgrade() -> None:
     with op.batch_alter_table("job") as batch:
         batch.alter_column(
             "phase",
-            existing_type=sa.Enum(*OLD_PHASES, name="jobphase"),
-            type_=sa.Enum(*NEW_PHASES, name="jobphase"),
+            existing_type=sa.Enum(*OLD_PHASES, name="jobphase", native_enum=False),
+            type_=sa.Enum(*NEW_PHASES, name="jobphase", native_enum=False),
             existing_nullable=False,
         )
         # Every job before this revision was a training job.
         batch.add_column(
-            sa.Column("kind", sa.Enum(*KINDS, name="jobkind"), nullable=False, server_default="training")
+            sa.Column("kind", sa.Enum(*KINDS, name="jobkind", native_enum=False), nullable=False, server_default="training")
         )
         batch.add_column(sa.Column("source_job_id", sa.String(length=32), nullable=True))
         batch.add_column(sa.Column("phase_progress", sa.Float(), nullable=True))
@@ -48,7 +48,7 @@ def downgrade() -> None:
         batch.drop_column("kind")
         batch.alter_column(
             "phase",
-            existing_type=sa.Enum(*NEW_PHASES, name="jobphase"),
-            type_=sa.Enum(*OLD_PHASES, name="jobphase"),
+            existing_type=sa.Enum(*NEW_PHASES, name="jobphase", native_enum=False),
+            type_=sa.Enum(*OLD_PHASES, name="jobphase", native_enum=False),
             existing_nullable=False,
         )

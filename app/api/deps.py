@@ -77,6 +77,7 @@ async def require_token(
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbDep = Annotated[Database, Depends(get_db)]
 StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]
 
 

@@ -100,3 +100,23 @@ class ArtifactRead(BaseModel):
 class ArtifactList(BaseModel):
     job_id: str
     items: list[ArtifactRead]
+
+
+class WorkerRead(BaseModel):
+    """A registered worker process (python -m worker), on this host or another."""
+
+    id: str = PydanticField(description="FORGE_WORKER_ID, else <host>:<pid>; the jobs it claims show it.")
+    host: str
+    pid: int
+    gpus: list[int] = PydanticField(description="The GPU indices it trains on (FORGE_WORKER_GPUS); empty: CPU.")
+    current_job_id: str | None = PydanticField(description="The job it runs now, if any.")
+    started_at: datetime
+    last_heartbeat_at: datetime
+    alive: bool = PydanticField(
+        description="Its last heartbeat is younger than FORGE_LEASE_SECONDS; a worker killed without stopping "
+        "stays listed, not alive, for a day."
+    )
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerRead]

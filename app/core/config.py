@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -70,11 +72,35 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="How often a worker renews its lease and looks for a cancel request."
     )
+    worker_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="This worker's name in GET /api/training/workers and on the jobs it claims; default <host>:<pid>.",
+    )
+    worker_gpus: Annotated[list[int] | None, NoDecode] = Field(
+        default=None,
+        description="The GPUs this worker trains on, e.g. 0,1 (several workers on one host split them); default "
+        "every GPU it sees, none on a CPU.",
+    )
     cancel_grace_seconds: float = Field(
         default=120.0,
         gt=0,
         description="How long a cancelled job may take to finish its step before it is killed.",
     )
+    events_keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="An event stream with nothing new sends a keep-alive comment this often."
+    )
+
+    @field_validator("worker_gpus", mode="before")
+    @classmethod
+    def _gpu_list(cls, value: object) -> object:
+        """FORGE_WORKER_GPUS=0,1 as the CUDA_VISIBLE_DEVICES form is written (a JSON list works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> Settings:

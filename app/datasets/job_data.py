@@ -113,6 +113,12 @@ def upload(
     return UploadChecked(checked.report, store.stage_splits(project, parts), {k: len(v) for k, v in parts.items()})
 
 
+def rows_only(staged: Path, shown: str, note: str) -> Report:
+    """A file's rows checked for format and content, with no model to measure lengths (`note` says when they
+    are); runs in the validation process (`in_child`)."""
+    return validate_files([("file", staged, shown)], Rules(), None, None, note).report
+
+
 def load_tokenizer(model: str, project: Path, model_dirs: list[Path], cache_dir: Path) -> None:
     """Load a model's tokenizer into this process; `in_child(load_tokenizer, ...)` readies the validation process."""
     tokenizers.for_model(model_source(model, project, model_dirs), cache_dir)

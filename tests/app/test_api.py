@@ -256,14 +256,16 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 13
+    assert len(operations) == 27  # with GET /api/training/workers
     with TestClient(app) as client:
         for method, template in operations:
-            path = template.replace("{job_id}", "abc").replace("{path}", "x.json")
+            path = template.replace("{job_id}", "abc").replace("{path}", "x.json").replace("{file_id}", "file-x")
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
                 response = client.request(method, path, headers=headers)
                 assert response.status_code == 401, (method, path, headers)
-                assert response.json()["code"] == "unauthorized"
+                body = response.json()
+                # The OpenAI-compatible routes answer in OpenAI's error shape.
+                assert (body["error"] if path.startswith("/v1") else body)["code"] == "unauthorized"
                 assert response.headers["www-authenticate"] == "Bearer"
                 assert "s3cret-token" not in response.text
             ok = client.request(method, path, headers={"Authorization": "Bearer s3cret-token"})
@@ -281,11 +283,22 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}",
         "/api/training/jobs/{job_id}/cancel",
         "/api/training/jobs/{job_id}/resume",
+        "/api/training/workers",
         "/api/training/jobs/{job_id}/exports",
         "/api/training/jobs/{job_id}/artifacts",
         "/api/training/jobs/{job_id}/artifacts/{path}",
         "/api/training/datasets",
         "/api/training/datasets/validate",
+        "/api/training/jobs/{job_id}/events",
+        "/api/training/jobs/{job_id}/events/stream",
+        "/api/training/jobs/{job_id}/checkpoints",
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/{job_id}",
+        "/v1/fine_tuning/jobs/{job_id}/cancel",
+        "/v1/fine_tuning/jobs/{job_id}/events",
+        "/v1/fine_tuning/jobs/{job_id}/checkpoints",
     }
     post = spec["paths"]["/api/training"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TrainingConfig")

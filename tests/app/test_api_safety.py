@@ -132,3 +132,24 @@ def test_a_home_of_no_user_is_a_path_not_found(client: TestClient, patch: dict, 
         data={"model": "~nosuchuser0", "chat_template": "gemma-3"},
     )
     assert upload.status_code < 500, upload.text
+
+
+def test_resume_can_name_a_checkpoint(client: TestClient, settings: Settings) -> None:
+    job_id = client.post("/api/training", json=SPEC_CONFIG).json()["id"]
+    db = client.app.state.db  # type: ignore[attr-defined]
+    with db.session() as session:
+        job = jobs.claim_next(session, "w1", 60)
+        assert job is not None
+        assert jobs.finish(session, job, JobStatus.failed, error_code="worker_lost", error_message="gone")
+    run = settings.runs_dir / job_id
+    _fake_checkpoint(run, 4)
+    _fake_checkpoint(run, 8)
+    (run / "outputs" / "checkpoint-12").mkdir()  # incomplete
+    for name in ("checkpoint-12", "checkpoint-99"):
+        refused = client.post(f"/api/training/jobs/{job_id}/resume", json={"checkpoint": name})
+        assert refused.status_code == 422 and refused.json()["param"] == "checkpoint", refused.text
+        assert name in refused.json()["message"]
+    escaping = client.post(f"/api/training/jobs/{job_id}/resume", json={"checkpoint": "../../etc"})
+    assert escaping.status_code == 422 and escaping.json()["details"][0]["param"] == "checkpoint"
+    resumed = client.post(f"/api/training/jobs/{job_id}/resume", json={"checkpoint": "checkpoint-4"}).json()
+    assert resumed["status"] == "queued" and resumed["resume_from"] == "outputs/checkpoint-4"

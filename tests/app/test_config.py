@@ -17,6 +17,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "save_steps": None,
         "save_total_limit": 2,
         "resume_on_worker_lost": True,
+        "report_to": [],
         "eval_steps": None,
         "effective_batch_size": None,
         "num_gpus": 1,
@@ -111,6 +112,7 @@ def test_unknown_gguf_type_is_one_error_naming_the_choices() -> None:
 
 def test_an_export_request_must_export_something() -> None:
     assert ExportRequest().model_dump() == {
+        "checkpoint": None,
         "merged_path": None,
         "gguf_path": "models/quantized",
         "gguf_quantization": "Q8_0",

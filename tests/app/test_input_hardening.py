@@ -30,6 +30,8 @@ from tests.app.test_api import SPEC_CONFIG
 from tests.conftest import ROOT, tiny_config
 from tests.e2e.conftest import Processes, process_env
 from tests.e2e.conftest import processes as processes  # the real API process fixture, shared with tests/e2e
+from worker.protocol import JobSpec
+from worker.setup import Setup
 
 TOKEN = "hardening-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -390,3 +392,93 @@ def test_an_empty_idempotency_key_is_a_422_naming_the_header(client: TestClient)
     response = client.post("/api/training", json=SPEC_CONFIG, headers={"Idempotency-Key": ""})
     assert response.status_code == 422 and "idempotency-key" in response.json()["param"].lower(), response.text
     assert client.get("/api/training/jobs").json()["total"] == 0
+
+
+# 5. Path fields: one resolver (app/resolve.py) for every route that takes a path or a model name
+
+TOO_LONG_NAME = "n" * 300  # one component over NAME_MAX (255)
+TOO_LONG_PATH = "data/" + "d/" * 2100 + "train.jsonl"  # short components, over PATH_MAX (4096) in all
+UNUSABLE = {
+    "a 300-character component": f"data/{TOO_LONG_NAME}.jsonl",
+    "longer than PATH_MAX": TOO_LONG_PATH,
+}
+CONFIG_ROUTES = ["/api/training", "/api/training/datasets/validate"]
+
+
+def _with_path(param: str, value: str) -> dict[str, Any]:
+    """SPEC_CONFIG with the config key `param` (section.field) set to `value`."""
+    section, field = param.split(".")
+    return _config(**{section: {field: value}})
+
+
+@pytest.mark.parametrize("route", CONFIG_ROUTES)
+@pytest.mark.parametrize("value", UNUSABLE.values(), ids=UNUSABLE.keys())
+@pytest.mark.parametrize(
+    "param", ["dataset.path", "dataset.val_path", "evaluation.test_path", "evaluation.glossary_path", "model.name"]
+)
+def test_an_unusable_path_is_a_422_naming_its_field(client: TestClient, route: str, value: str, param: str) -> None:
+    response = client.post(route, json=_with_path(param, value))
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["param"] == param, response.json()
+    assert client.get("/api/training/jobs").json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "value", [TOO_LONG_NAME, "~" + TOO_LONG_NAME, "models/" + TOO_LONG_NAME], ids=["bare", "tilde", "owner"]
+)
+def test_an_unusable_model_name_shaped_like_a_hub_id_is_a_422_too(client: TestClient, value: str) -> None:
+    # No leading `/` or `.`: it could be a hub id, but it is looked for in the project and FORGE_MODEL_DIRS first.
+    response = client.post("/api/training", json=_config(model={"name": value}))
+    assert response.status_code == 422 and response.json()["param"] == "model.name", response.text[:500]
+
+
+@pytest.mark.parametrize(
+    "value", [TOO_LONG_NAME, f"models/{TOO_LONG_NAME}", "m/" * 2100 + "model"], ids=["component", "owner", "PATH_MAX"]
+)
+def test_the_datasets_routes_model_parameter_is_checked_like_model_name(client: TestClient, value: str) -> None:
+    listed = client.get("/api/training/datasets", params={"model": value})
+    assert listed.status_code == 422 and listed.json()["param"] == "query.model", listed.text[:500]
+    files = {"file": ("rows.jsonl", _jsonl([_row(i) for i in range(10)]))}
+    uploaded = client.post("/api/training/datasets", data={"model": value, "chat_template": "gemma-3"}, files=files)
+    assert uploaded.status_code == 422 and uploaded.json()["param"] == "model", uploaded.text[:500]
+
+
+@pytest.mark.parametrize("route", CONFIG_ROUTES)
+@pytest.mark.parametrize("suffix", ["/", "/.", "\\"])
+@pytest.mark.parametrize(
+    ("param", "file"),
+    [
+        ("dataset.path", "data/splits/train.jsonl"),
+        ("dataset.val_path", "data/splits/val.jsonl"),
+        ("evaluation.test_path", "data/splits/test.jsonl"),
+        ("evaluation.glossary_path", "data/glossary.json"),
+    ],
+)
+def test_a_file_path_ending_like_a_folder_is_a_422(
+    client: TestClient, project: Path, route: str, suffix: str, param: str, file: str
+) -> None:
+    (project / "data/glossary.json").write_text('["Lisboa"]')
+    assert client.post(route, json=_with_path(param, file)).status_code in (200, 201)  # the file as it is named
+    response = client.post(route, json=_with_path(param, file + suffix))
+    assert response.status_code == 422, response.text[:500]
+    assert (response.json()["code"], response.json()["param"]) == ("path_invalid", param)
+
+
+def test_a_relative_model_name_found_only_under_forge_model_dirs_is_the_folder_the_worker_loads(
+    client: TestClient, settings: Settings, tiny_model_dir: Path
+) -> None:
+    name = tiny_model_dir.name  # not in the project: only in models_root, which is FORGE_MODEL_DIRS
+    assert not (settings.resolved_project_dir / name).exists()
+    response = client.post("/api/training", json=tiny_config(Path(name)))
+    assert response.status_code == 201, response.text[:500]
+    job = response.json()
+    # The training process resolves the stored config by the same rules, with the worker's FORGE_MODEL_DIRS.
+    spec = JobSpec(
+        job["id"],
+        job["config"],
+        str(settings.runs_dir / job["id"]),
+        str(settings.resolved_project_dir),
+        str(settings.cache_dir),
+        model_dirs=[str(d) for d in settings.model_dirs],
+    )
+    assert Setup.of(spec).model_path == str(tiny_model_dir.resolve())

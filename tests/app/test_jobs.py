@@ -1,8 +1,10 @@
-"""Job state changes: guarded, exclusive, terminal states final, lost workers noticed."""
+"""Job state changes: guarded, exclusive, terminal states final, lost workers noticed; on SQLite and Postgres."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+from sqlalchemy import text
 
 from app import jobs
 from app.core.config import Settings
@@ -11,8 +13,8 @@ from app.models import JobKind, JobPhase, JobStatus, utcnow
 from app.training_config import TrainingConfig
 
 
-def test_claim_runs_oldest_first_and_only_once(settings: Settings) -> None:
-    db = Database(settings)
+def test_claim_runs_oldest_first_and_only_once(db_settings: Settings) -> None:
+    db = Database(db_settings)
     with db.session() as s:
         first, _ = jobs.create(s, TrainingConfig())
         second, _ = jobs.create(s, TrainingConfig())
@@ -24,8 +26,8 @@ def test_claim_runs_oldest_first_and_only_once(settings: Settings) -> None:
     assert (b.id, b.worker_id) == (second.id, "worker-b")
 
 
-def test_only_the_owner_writes_and_terminal_states_are_final(settings: Settings) -> None:
-    db = Database(settings)
+def test_only_the_owner_writes_and_terminal_states_are_final(db_settings: Settings) -> None:
+    db = Database(db_settings)
     with db.session() as s:
         jobs.create(s, TrainingConfig())
         job = jobs.claim_next(s, "worker-a", 60)
@@ -47,8 +49,8 @@ def test_only_the_owner_writes_and_terminal_states_are_final(settings: Settings)
     )
 
 
-def test_expired_lease_fails_the_job_as_worker_lost(settings: Settings) -> None:
-    db = Database(settings)
+def test_expired_lease_fails_the_job_as_worker_lost(db_settings: Settings) -> None:
+    db = Database(db_settings)
     with db.session() as s:
         jobs.create(s, TrainingConfig())
         job = jobs.claim_next(s, "worker-a", 60)
@@ -60,9 +62,9 @@ def test_expired_lease_fails_the_job_as_worker_lost(settings: Settings) -> None:
         assert not jobs.record_progress(s, job, step=1)  # the old worker's writes no longer land
 
 
-def test_an_export_job_whose_worker_was_lost_starts_over(settings: Settings) -> None:
+def test_an_export_job_whose_worker_was_lost_starts_over(db_settings: Settings) -> None:
     """Export jobs have no checkpoints and need none: a lost one goes back to the queue, or is resumed by hand."""
-    db = Database(settings)
+    db = Database(db_settings)
     with db.session() as s:
         export, _ = jobs.create(s, TrainingConfig(), kind=JobKind.export, source_job_id="src")
         job = jobs.claim_next(s, "worker-a", 60)
@@ -76,15 +78,16 @@ def test_an_export_job_whose_worker_was_lost_starts_over(settings: Settings) -> 
         export, _ = jobs.create(s, stubborn, kind=JobKind.export, source_job_id="src")
         job = jobs.claim_next(s, "worker-a", 60)
         assert job is not None and job.id == export.id
-        lost = jobs.expire_lost(s, now=later, checkpoint_of=lambda _: None)
+        # Past this claim's lease too (the first `later` may not be, on a machine slow enough).
+        lost = jobs.expire_lost(s, now=utcnow() + timedelta(seconds=61), checkpoint_of=lambda _: None)
         assert (job.id, JobStatus.failed) in lost
         resumed = jobs.resume(s, job.id, lambda _: None)
         assert (resumed.status, resumed.resume_from, resumed.error_code) == (JobStatus.queued, None, None)
 
 
-def test_a_requested_cancel_ends_cancelled_on_every_path_back_to_the_queue(settings: Settings) -> None:
+def test_a_requested_cancel_ends_cancelled_on_every_path_back_to_the_queue(db_settings: Settings) -> None:
     """A shutdown, a crash or a lost lease never re-queue a job whose cancel was asked for."""
-    db = Database(settings)
+    db = Database(db_settings)
     later = utcnow() + timedelta(seconds=61)
     with db.session() as s:
         for _ in range(4):
@@ -107,8 +110,8 @@ def test_a_requested_cancel_ends_cancelled_on_every_path_back_to_the_queue(setti
         assert jobs.claim_next(s, "worker-5", 60) is None
 
 
-def test_without_a_cancel_the_same_paths_requeue_or_fail(settings: Settings) -> None:
-    db = Database(settings)
+def test_without_a_cancel_the_same_paths_requeue_or_fail(db_settings: Settings) -> None:
+    db = Database(db_settings)
     with db.session() as s:
         for _ in range(2):
             jobs.create(s, TrainingConfig())
@@ -120,8 +123,9 @@ def test_without_a_cancel_the_same_paths_requeue_or_fail(settings: Settings) -> 
         assert jobs.give_up(s, stalled, None) is None  # no longer ours: nothing changes
 
 
-def test_a_job_waits_for_a_worker_with_the_gpus_it_asks_for(settings: Settings) -> None:
-    """training.num_gpus: a worker claims only the jobs its GPUs can take; "all" and old jobs fit every worker."""
+def test_a_job_waits_for_a_worker_with_the_gpus_it_asks_for(db_settings: Settings) -> None:
+    """training.num_gpus: a worker claims only the jobs its GPUs can take; "all" and old jobs fit every worker
+    (on SQLite's guarded claim and on Postgres's SKIP LOCKED one)."""
 
     def asking(gpus: int | str | None) -> TrainingConfig:
         config = TrainingConfig.model_validate({"training": {"gradient_accumulation_steps": 4}})
@@ -129,7 +133,7 @@ def test_a_job_waits_for_a_worker_with_the_gpus_it_asks_for(settings: Settings) 
             config.training.num_gpus = gpus  # type: ignore[assignment]
         return config
 
-    db = Database(settings)
+    db = Database(db_settings)
     with db.session() as s:
         four, _ = jobs.create(s, asking(4))
         two, _ = jobs.create(s, asking(2))
@@ -144,3 +148,20 @@ def test_a_job_waits_for_a_worker_with_the_gpus_it_asks_for(settings: Settings) 
         assert (claimed := jobs.claim_next(s, "two-gpus", 60, gpus=2)) is not None and claimed.id == two.id
         assert jobs.claim_next(s, "two-gpus", 60, gpus=2) is None
         assert (claimed := jobs.claim_next(s, "eight-gpus", 60, gpus=8)) is not None and claimed.id == four.id
+
+
+def test_postgres_claim_skips_a_row_another_claim_holds(postgres_url: str, settings: Settings) -> None:
+    """The claim does not wait behind a competing claim's row lock: it takes the next job (SKIP LOCKED)."""
+    db = Database(settings.model_copy(update={"database_url": postgres_url}))
+    with db.session() as s:
+        first, _ = jobs.create(s, TrainingConfig())
+        second, _ = jobs.create(s, TrainingConfig())
+    with db.engine.connect() as holder:  # a claim in flight: the oldest row locked, its transaction open
+        holder.execute(text("SELECT id FROM job WHERE id = :id FOR UPDATE"), {"id": first.id})
+        with db.session() as s:
+            claimed = jobs.claim_next(s, "worker-b", 60)
+        holder.rollback()
+    assert claimed is not None and claimed.id == second.id
+    with db.session() as s:
+        again = jobs.claim_next(s, "worker-c", 60)
+    assert again is not None and again.id == first.id

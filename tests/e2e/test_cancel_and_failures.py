@@ -76,7 +76,7 @@ def test_killed_training_process_fails_the_job_not_the_worker(
 
 
 def test_killed_worker_is_noticed_through_its_lease(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
-    lease = {"FORGE_LEASE_SECONDS": "6"}  # the training process ends itself a margin before: room for a busy machine
+    lease = {"FORGE_LEASE_SECONDS": "3"}
     base = processes.api(**lease)
     first = processes.worker(**lease)
     client = httpx.Client(base_url=base, timeout=60)

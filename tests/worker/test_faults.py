@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app.core import db as database
 from app.core import disk
@@ -51,3 +51,27 @@ def test_a_locked_database_is_busy_and_other_errors_are_not(tmp_path: Path) -> N
     assert database.unavailable(missing.value) is None  # a bug, not something to wait out
     assert database.unavailable(sqlite3.OperationalError("database or disk is full")) == "full"
     engine.dispose()
+
+
+def test_on_postgres_a_held_lock_and_an_absent_server_are_busy_and_a_bug_is_not(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    engine = database.make_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    with engine.connect() as holder, engine.connect() as other:
+        holder.execute(text("UPDATE t SET x = 2"))  # the row lock held, its transaction open
+        other.execute(text("SET lock_timeout = '50ms'"))  # as the engine's own 5 s, only shorter
+        with pytest.raises(OperationalError) as locked:
+            other.execute(text("UPDATE t SET x = 3"))
+        assert database.unavailable(locked.value) == "busy"
+        holder.rollback()
+    with engine.connect() as conn, pytest.raises(ProgrammingError) as missing:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    assert database.unavailable(missing.value) is None  # a bug, not something to wait out
+    engine.dispose()
+    away = database.make_engine(f"postgresql+psycopg://forge@/forge?host={tmp_path}")  # no server listens there
+    with pytest.raises(OperationalError) as absent:
+        away.connect()
+    assert database.unavailable(absent.value) == "busy"

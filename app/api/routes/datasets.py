@@ -115,7 +115,7 @@ def upload(
             },
         }
     )
-    source = model_source(model, project, settings.model_dirs)
+    source = model_source(model, project, settings.model_dirs, param="model")  # the form field
     template = template_for(config, source).name
     model_dirs = list(settings.model_dirs)
     shown = str(target.relative_to(project))
@@ -173,7 +173,7 @@ def list_datasets(
     """Every .jsonl under data/ (uploads, splits, ...): format, rows, valid rows, and tokens after templating
     (untruncated) when the model's tokenizer is on this server. Counts are kept until a file changes."""
     project = settings.resolved_project_dir
-    source = model_source(model, project, settings.model_dirs)
+    source = model_source(model, project, settings.model_dirs, param="query.model")  # as FastAPI names it
     name = chat_template or templates.infer(model, source.folder)
     template, lengths = None, None
     note: str | None = f"cannot tell model {model!r}'s chat template; pass chat_template"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,7 @@ from app.core.errors import Conflict
 from app.models import ACTIVE_STATUSES, Job, JobStatus
 from app.run_folder import RunFolder, checkpoint_finder
 from app.status import TrainingStatus
-from app.training_config import ExportRequest, TrainingConfig
+from app.training_config import ExportRequest, ResumeRequest, TrainingConfig
 
 router = APIRouter(
     prefix="/api/training",
@@ -123,9 +123,14 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     summary="Resume a job from its last checkpoint",
     responses=NOT_FOUND | CONFLICT,
 )
-def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
-    """Queue again a job whose worker was lost or crashed; it continues from its newest complete checkpoint."""
-    job = jobs.resume(session, job_id, checkpoint_finder(settings.runs_dir))
+def resume_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, request: Annotated[ResumeRequest | None, Body()] = None
+) -> JobRead:
+    """Queue again a job whose worker was lost or crashed; it continues from its newest complete checkpoint, or
+    from the one the body names (`{"checkpoint": "checkpoint-40"}`)."""
+    named = request.checkpoint if request else None
+    finder = checkpoint_finder(settings.runs_dir, named)
+    job = jobs.resume(session, job_id, finder)
     training_status.refresh_file(session, settings.status_file)
     return JobRead.from_job(job)
 
@@ -149,8 +154,9 @@ def export_job(
     GGUF files (and a merged model if asked), without retraining. It runs through the same worker queue, with
     progress, cancel and artifacts like any job, and its GGUF files pass the `quantization-verified` gate."""
 
-    def has_adapters(source: Job) -> bool:
-        return (RunFolder.of(settings.runs_dir, source).lora / "adapter_config.json").is_file()
+    def has_adapters(source: Job, checkpoint: str | None) -> bool:
+        folder = RunFolder.of(settings.runs_dir, source)
+        return ((folder.output_dir / checkpoint if checkpoint else folder.lora) / "adapter_config.json").is_file()
 
     job, created = jobs.create_export(session, job_id, request, has_adapters, idempotency_key=idempotency_key)
     if created:

@@ -1,0 +1,1 @@
+"""The dashboard: the service's own web page (job list, live job page, submit and dataset pages)."""
