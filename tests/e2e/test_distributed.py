@@ -129,8 +129,12 @@ def test_two_ranks_end_with_a_stalled_or_a_killed_worker(
     # worker, which holds no lease any more, takes it again.
     again = wait_for(lambda: (j := _job(client, job_id))["attempt"] == 2 and j["step"] >= 2 and j, 240, "attempt 2")
     assert again["resume_from"] is not None and again["error"] is None, processes.log_text()
-    assert "could not renew this job's lease in time" in processes.log_text()
-    assert "the lease could not be renewed in time; the training process ended" in processes.log_text()
+    logs = "".join(log.read_text(errors="replace") for log in processes.logs.iterdir())  # whole, not tails
+    assert "could not renew this job's lease in time" in logs
+    # Settled by whichever notices first: the woken worker, from its ranks' exit code, or the API's lost-job reaper.
+    assert "the lease could not be renewed in time; the training process ended" in logs or (
+        f"job {job_id} lost its worker; now queued" in logs
+    )
 
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
