@@ -150,7 +150,8 @@ def test_an_auto_batch_is_measured_reported_and_trained_with(
     # What the trainer really ran with, from its own checkpoint.
     state = json.loads((run / "outputs/checkpoint-3/trainer_state.json").read_text())
     assert state["train_batch_size"] == 4
-    assert "per_device_train_batch_size auto: 4 (x 1 accumulation = 4" in (run / "logs/training.log").read_text()
+    logged = (run / "logs/training.log").read_text()
+    assert "per_device_train_batch_size auto: 4 (x 1 accumulation x 1 ranks = 4" in logged
 
     refused = client.post(
         "/api/training",

@@ -7,13 +7,20 @@ from typing import Any
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from worker.progress import ProgressCallback
-from worker.protocol import Message, Progress, StopMode
+from worker.protocol import Message, Metrics, Progress, StopMode
+
+LOGGED: list[Metrics] = []
 
 
 def _collect(reports: list[Progress]) -> Any:
-    """The callback sends only progress messages; collected for the assertions."""
+    """The callback sends progress, and the metrics of each logged step (for the job's events, before the progress
+    line); progress is collected for the assertions, the metrics in LOGGED."""
+    LOGGED.clear()
 
     def send(message: Message) -> None:
+        if isinstance(message, Metrics):
+            LOGGED.append(message)
+            return
         assert isinstance(message, Progress)
         reports.append(message)
 
@@ -40,6 +47,7 @@ def test_reports_steps_and_losses() -> None:
     assert not control.should_training_stop and callback.diverged is None
     assert [r.loss for r in reports if r.loss is not None] == [3.0, 2.5, 2.0]
     assert reports[0].total_steps == 100
+    assert [m.logs["loss"] for m in LOGGED] == [r.loss for r in reports if r.loss is not None]
 
 
 def test_exploding_loss_is_divergence() -> None:
