@@ -86,7 +86,7 @@ def listing(run_dir: Path, folder: Path) -> list[CheckpointRead]:
                 train_loss=_last(history, "loss", step),
                 eval_loss=_last(history, "eval_loss", step),
                 bytes=sum(p.stat().st_size for p in files),
-                complete=bool(state) and all((child / name).is_file() for name in _REQUIRED),
+                complete=bool(state) and is_complete(child),
                 created_at=datetime.fromtimestamp(newest.stat().st_mtime, UTC),
             )
         )

@@ -53,8 +53,11 @@ def _mlflow(job_id: str, project: Path) -> Any:
 
     if mlflow.active_run() is not None:  # a run the previous job left open (it crashed): never log into it
         mlflow.end_run(status="KILLED")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project / MLFLOW_STORE).resolve()}"
-    (project / MLFLOW_STORE).parent.mkdir(parents=True, exist_ok=True)
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        store = project / MLFLOW_STORE
+        store.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{store.resolve()}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or MLFLOW_EXPERIMENT)
 
