@@ -42,7 +42,7 @@ def finished_job(client: httpx.Client, config: dict[str, Any], what: str) -> dic
         job: dict[str, Any] = client.get(f"/api/training/jobs/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-    job: dict[str, Any] = wait_for(ended, 540, what, interval=0.5)
+    job: dict[str, Any] = wait_for(ended, 570, what, interval=0.5)
     return job
 
 
