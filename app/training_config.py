@@ -448,6 +448,11 @@ class EvaluationSection(_Section):
         default=True,
         description="Score the fine-tuned model on the same split after training (metrics/evaluation.json).",
     )
+    reuse_baseline: bool = Field(
+        default=True,
+        description="Reuse the baseline an earlier job scored on the same base model, test split and generation "
+        "settings (metrics/baseline.json then names that job); false scores the base model again.",
+    )
     test_path: str = Field(
         default="data/splits/test.jsonl",
         min_length=1,

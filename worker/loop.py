@@ -181,6 +181,7 @@ class Worker:
             kind=job.kind.value,
             source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
             model_dirs=[str(d) for d in self.settings.model_dirs],
+            claimed_at=time.time(),
         )
         child = self._child_for(job, spec)
         if heartbeat.lost:

@@ -14,21 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from app.datasets.templates import ChatTemplate
 from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import batch_size, devices, evaluation, export, gates, ranks
+from worker import baselines, batch_size, devices, evaluation, export, gates, ranks
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
-from worker.evaluation import TestExample
+from worker.evaluation import StageScore, TestExample
 from worker.export import GgufExport
 from worker.protocol import BackendChosen, CheckpointSaved, JobSpec, StopRequested
 from worker.reporter import Reporter
+from worker.result import JobResult
 from worker.setup import Setup
 
 log = logging.getLogger("forge.worker.job")
@@ -77,37 +76,6 @@ class Saved:
     merged: Path | None  # the merged model's folder, a scratch one when only GGUF files are wanted
 
 
-class JobResult(BaseModel):
-    """The job's result: metrics/training-stats.json, and the job's `result` less the log history."""
-
-    backend: str
-    model: str
-    model_path: str
-    steps: int
-    epochs: float
-    train_loss: float
-    final_loss: float | None
-    train_runtime_seconds: float
-    tokens_seen: int
-    tokens_per_second: float | None
-    peak_gpu_memory_gib: float | None
-    data: dict[str, Any]
-    eval_loss: float | None
-    quantization: dict[str, Any] | None = None  # the GGUF gate's summary, when GGUF files were exported
-    exports: dict[str, Any] = {}
-    wall_seconds: float = 0.0
-    log_history: list[dict[str, Any]] = []
-    # What the steps published while the job ran (Reporter.partial).
-    batch_size: dict[str, Any] | None = None
-    evaluation_progress: dict[str, Any] | None = None
-    baseline: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = None
-    gates: dict[str, Any] | None = None
-
-    def as_stats(self) -> dict[str, Any]:
-        return self.model_dump(exclude_unset=True)
-
-
 class LoraRecipe:
     def __init__(self, spec: JobSpec, reporter: Reporter) -> None:
         self.spec = spec
@@ -122,7 +90,7 @@ class LoraRecipe:
         setup, model, tokenizer = self.load_model(backend)
         model = self.attach_lora(backend, model)
         data = self.prepare_data(backend, model, tokenizer, setup)
-        baseline = self.baseline(backend, model, tokenizer, data)
+        baseline = self.baseline(backend, model, tokenizer, data, setup)
         trained = self.train(backend, model, tokenizer, data)
         if not ranks.leader():  # the other DDP ranks only train; rank 0 saves, evaluates and exports
             return self.result(backend, setup, data, trained)
@@ -178,8 +146,9 @@ class LoraRecipe:
         gguf_examples = export.gate_examples(self.config, split)
         return Data(train, eval_, prepared.stats, batch, setup.template, test_set, gguf_examples)
 
-    def baseline(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict | None:
-        """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs)."""
+    def baseline(self, backend: Backend, model: Any, tokenizer: Any, data: Data, setup: Setup) -> dict | None:
+        """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs),
+        or a kept baseline of the same model, split and generation settings (worker/baselines.py)."""
         if not self.config.evaluation.baseline or not ranks.leader():  # rank 0 alone, the others wait in train
             return None
         done = self.folder.metrics("baseline")
@@ -188,7 +157,16 @@ class LoraRecipe:
             log.info("baseline: kept from the first attempt")
         else:
             self.reporter.phase(JobPhase.baseline)
-            report = self.score_model("baseline", backend, model, tokenizer, data)
+            project, examples = Path(self.spec.project_dir), len(data.test_set)
+            digest = baselines.key(self.config, backend.name, setup.model_path, setup.template.name, data.test_set)
+            reused = baselines.reuse(project, digest, self.folder) if self.config.evaluation.reuse_baseline else None
+            if reused is not None:
+                report = reused
+                self.reporter.publish(evaluation_progress={"stage": "baseline", "done": examples, "total": examples})
+            else:
+                scored = self.score_model("baseline", backend, model, tokenizer, data)
+                baselines.keep(project, digest, self.spec.job_id, scored.report, scored.samples)
+                report = scored.report
         self.reporter.publish(baseline={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
@@ -240,7 +218,7 @@ class LoraRecipe:
         if not self.config.evaluation.evaluate:
             return None
         self.reporter.phase(JobPhase.evaluate)
-        report = self.score_model("evaluate", backend, model, tokenizer, data)
+        report = self.score_model("evaluate", backend, model, tokenizer, data).report
         self.reporter.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
@@ -286,7 +264,7 @@ class LoraRecipe:
         self.reporter.publish(batch_size=plan.as_dict())
         return plan
 
-    def score_model(self, stage: Stage, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict[str, Any]:
+    def score_model(self, stage: Stage, backend: Backend, model: Any, tokenizer: Any, data: Data) -> StageScore:
         """The model on the test split (metrics/<stage>.json, its answers in samples.jsonl)."""
 
         def progress(done: int, total: int) -> None:
@@ -306,7 +284,7 @@ class LoraRecipe:
         if scored.inference:
             evaluation.write_samples(self.folder.samples, "inference", scored.inference)
         log.info("%s: %s", stage, json.dumps(scored.report["metrics"]))
-        return scored.report
+        return scored
 
     def result(self, backend: Backend, setup: Setup, data: Data, trained: Trained) -> JobResult:
         metrics, seen = trained.metrics, trained.tokens_seen
@@ -337,6 +315,7 @@ class LoraRecipe:
         if gguf is not None:
             exports["gguf"], update["quantization"] = gguf.files, gguf.summary
         update.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
+        update["phase_seconds"] = self.reporter.phase_seconds(self.spec.claimed_at)
         result = result.model_copy(update={**update, **self.reporter.partial})
         stats = result.as_stats()
         write_json(self.folder.training_stats, stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from app.models import JobPhase
@@ -20,6 +21,17 @@ class Reporter:
         self.stop_flag = stop_flag
         # What the job knows before it ends (baseline metrics, evaluation progress), shown in its `result`.
         self.partial: dict[str, Any] = {}
+        self.phases: list[tuple[str, float]] = []  # (phase, wall time it started), in order
+
+    def phase_seconds(self, claimed_at: float | None) -> dict[str, float]:
+        """Wall seconds of each phase so far, in order; `starting` runs from the worker's claim to the first phase
+        (the training process's start and imports on a cold worker)."""
+        marks = [(JobPhase.starting.value, claimed_at)] if claimed_at is not None and self.phases else []
+        marks += self.phases
+        seconds: dict[str, float] = {}
+        for (name, start), (_, end) in zip(marks, [*marks[1:], ("", time.time())], strict=True):
+            seconds[name] = round(seconds.get(name, 0.0) + max(end - start, 0.0), 3)
+        return seconds
 
     def send(self, message: Message) -> None:
         self.conn.send(message)
@@ -40,6 +52,7 @@ class Reporter:
     def phase(self, phase: JobPhase) -> None:
         self.check_stop()
         log.info("phase: %s", phase.value)
+        self.phases.append((phase.value, time.time()))
         self.send(PhaseStarted(phase.value))
 
     def publish(self, **fields: Any) -> None:

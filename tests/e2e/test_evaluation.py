@@ -101,6 +101,13 @@ def test_job_scores_the_base_and_the_fine_tuned_model(
     log = (run / "logs/training.log").read_text()
     assert log.index("phase: baseline") < log.index("phase: training") < log.index("phase: evaluate")
 
+    # Where the time went, from the job's own phase timestamps: every phase it went through, in order.
+    seconds = job["result"]["phase_seconds"]
+    order = ["starting", "loading_model", "attaching_lora", "preparing_data", "baseline", "training", "saving"]
+    assert list(seconds) == [*order, "evaluate"] and all(value >= 0 for value in seconds.values())
+    assert seconds["training"] >= job["result"]["train_runtime_seconds"] * 0.9
+    assert sum(seconds.values()) >= job["result"]["wall_seconds"]  # the claim came before the recipe's clock
+
 
 def test_baseline_is_the_untrained_model(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     """With no training the fine-tuned model is the base model: both steps must score it the same."""
@@ -151,3 +158,55 @@ def test_required_gate_fails_the_job_and_keeps_the_results(
     assert json.loads((run / "metrics/gates.json").read_text()) == job["gates"]
     assert (run / "models/checkpoints/lora/adapter_model.safetensors").is_file()  # the work is kept
     assert job["result"]["steps"] == 2 and job["result"]["evaluation"]["examples"] == 2
+
+
+def test_a_baseline_is_scored_once_and_reused_by_later_jobs(
+    processes: Processes, project: Path, tiny_model_dir: Path
+) -> None:
+    """Same base model, test split and generation settings: the second job copies the first one's baseline, even
+    on other training data; a change to the generation settings, the split or the model scores it again."""
+    import shutil
+
+    client = httpx.Client(base_url=processes.api(), timeout=60)
+    processes.worker()
+    config = evaluated_config(tiny_model_dir, training={"max_steps": 1})
+    first = run_job(client, config, [])
+    assert first["status"] == "succeeded", (first["error"], processes.log_text())
+
+    def baseline(job: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        run = project / "runs" / job["id"]
+        rows = [row for row in read_jsonl(run / "metrics/samples.jsonl") if row["stage"] == "baseline"]
+        return json.loads((run / "metrics/baseline.json").read_text()), rows
+
+    scored, scored_rows = baseline(first)
+    assert "reused_from" not in scored and len(scored_rows) == 8
+
+    other_data = project / "data/other-train.jsonl"
+    rows = (project / "data/splits/train.jsonl").read_text().splitlines()
+    other_data.write_text("\n".join(reversed(rows[: len(rows) // 2])) + "\n")
+    second = run_job(client, config | {"dataset": {"path": "data/other-train.jsonl"}}, [])
+    assert second["status"] == "succeeded", (second["error"], processes.log_text())
+    reused, reused_rows = baseline(second)
+    assert reused["reused_from"]["job_id"] == first["id"]
+    assert reused["metrics"] == scored["metrics"] == second["result"]["baseline"]["metrics"]
+    assert reused_rows == scored_rows  # the answers too: a later comparison per example reads them
+    log = (project / "runs" / second["id"] / "logs/training.log").read_text()
+    assert f"baseline: reused from job {first['id']}" in log
+
+    # What the baseline depends on, changed one at a time: each job scores the base model itself.
+    longer = evaluated_config(tiny_model_dir, training={"max_steps": 1}, evaluation={"max_new_tokens": 3})
+    test = project / "data/splits/test.jsonl"
+    other_split = project / "data/other-test.jsonl"
+    other_split.write_text("\n".join(test.read_text().splitlines()[1:]) + "\n")
+    copy = shutil.copytree(tiny_model_dir, project / "models" / "tiny-copy")
+    changed = {
+        "generation settings": longer,
+        "test split": config | {"evaluation": config["evaluation"] | {"test_path": "data/other-test.jsonl"}},
+        "model": config | {"model": config["model"] | {"name": str(copy)}},
+        "reuse_baseline false": config | {"evaluation": config["evaluation"] | {"reuse_baseline": False}},
+    }
+    for what, changed_config in changed.items():
+        job = run_job(client, changed_config, [])
+        assert job["status"] == "succeeded", (what, job["error"], processes.log_text())
+        report, _ = baseline(job)
+        assert "reused_from" not in report, what
