@@ -29,5 +29,17 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def reset_peak_memory() -> None:
+    """A job's peak memory is its own: a warm training process forgets the previous job's peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_gpu_memory_gib() -> float | None:
+    """The most GPU memory the job's tensors held at once (allocated), since reset_peak_memory."""
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+
+
+def peak_gpu_memory_reserved_gib() -> float | None:
+    """The most the caching allocator held from the GPU at once (reserved: what other processes could not use)."""
+    return round(torch.cuda.max_memory_reserved() / 2**30, 3) if torch.cuda.is_available() else None

@@ -25,6 +25,8 @@ class ProgressCallback(TrainerCallback):
         self.report = report
         self.stop_mode = stop_mode
         self.started = 0.0
+        self.first_step: tuple[float, int] | None = None  # (time, tokens seen) when this attempt's first step ended
+        self.last_tokens_per_second: float | None = None
         self.log_history: list[dict[str, Any]] = []
         self.first_loss: float | None = None
         self.stopped_by: StopMode | None = None
@@ -37,8 +39,16 @@ class ProgressCallback(TrainerCallback):
         return max(0.0, elapsed / state.global_step * (state.max_steps - state.global_step))
 
     def _tokens_per_second(self, state: Any) -> float | None:
+        """Training throughput after this attempt's first step: its compile and warm-up are left out (the whole
+        attempt's until a second step has run)."""
         seen = getattr(state, "num_input_tokens_seen", 0) or 0
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        if self.first_step is None:
+            self.first_step = (now, seen)
+        since, seen_then = self.first_step
+        if now > since and seen > seen_then:
+            return round((seen - seen_then) / (now - since), 1)
+        elapsed = now - self.started
         return round(seen / elapsed, 1) if seen and elapsed > 0 else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -53,13 +63,14 @@ class ProgressCallback(TrainerCallback):
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last_tokens_per_second = self._tokens_per_second(state)
         self.report(
             Progress(
                 step=state.global_step,
                 total_steps=state.max_steps,
                 epoch=float(state.epoch or 0.0),
                 eta_seconds=self._eta(state),
-                tokens_per_second=self._tokens_per_second(state),
+                tokens_per_second=self.last_tokens_per_second,
             )
         )
         mode = self.stop_mode()

@@ -68,6 +68,7 @@ class Trained:
     tokens_seen: int
     history: list[dict[str, Any]]  # the trainer's, restored from the checkpoint on a resume: the whole run's curve
     logged: list[dict[str, Any]]  # what this attempt logged (with wall time and tokens seen)
+    tokens_per_second: float | None  # after the first step: compile and warm-up left out
 
 
 @dataclass
@@ -86,6 +87,7 @@ class LoraRecipe:
     def run(self) -> JobResult:
         """The spec's steps, in order."""
         started = time.monotonic()
+        devices.reset_peak_memory()
         backend = self.choose_backend()
         setup, model, tokenizer = self.load_model(backend)
         model = self.attach_lora(backend, model)
@@ -197,7 +199,13 @@ class LoraRecipe:
             write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
         state, seen = trainer.state, int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
         return Trained(
-            output.metrics, int(state.global_step), float(state.epoch or 0.0), seen, history, progress.log_history
+            output.metrics,
+            int(state.global_step),
+            float(state.epoch or 0.0),
+            seen,
+            history,
+            progress.log_history,
+            progress.last_tokens_per_second,
         )
 
     def save(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Saved:
@@ -299,8 +307,10 @@ class LoraRecipe:
             final_loss=next((e["loss"] for e in reversed(trained.logged) if "loss" in e), None),
             train_runtime_seconds=round(runtime, 3),
             tokens_seen=seen,
-            tokens_per_second=round(seen / runtime, 1) if runtime > 0 and seen else None,
+            tokens_per_second=trained.tokens_per_second,
+            tokens_per_second_overall=round(seen / runtime, 1) if runtime > 0 and seen else None,
             peak_gpu_memory_gib=devices.peak_gpu_memory_gib(),
+            peak_gpu_memory_reserved_gib=devices.peak_gpu_memory_reserved_gib(),
             data=data.stats,
             log_history=trained.logged,
             eval_loss=next((e["eval_loss"] for e in reversed(trained.logged) if "eval_loss" in e), None),

@@ -19,8 +19,10 @@ class JobResult(BaseModel):
     final_loss: float | None
     train_runtime_seconds: float
     tokens_seen: int
-    tokens_per_second: float | None
-    peak_gpu_memory_gib: float | None
+    tokens_per_second: float | None  # training throughput after the first step (its compile left out)
+    tokens_per_second_overall: float | None = None  # tokens seen / the trainer's whole runtime, compile included
+    peak_gpu_memory_gib: float | None  # allocated, this job's own peak (reset at its start)
+    peak_gpu_memory_reserved_gib: float | None = None
     data: dict[str, Any]
     eval_loss: float | None
     quantization: dict[str, Any] | None = None  # the GGUF gate's summary, when GGUF files were exported

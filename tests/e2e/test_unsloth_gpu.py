@@ -77,6 +77,9 @@ def test_worker_trains_with_unsloth(processes: Processes, project: Path, gemma3_
     print("UNSLOTH RESULT", json.dumps({k: v for k, v in (job["result"] or {}).items()}))
     assert job["status"] == "succeeded", (job["error"], processes.log_text())
     assert job["backend"] == "unsloth" and job["step"] == 30
+    result = job["result"]
+    assert 0 < result["peak_gpu_memory_gib"] <= result["peak_gpu_memory_reserved_gib"] < 20  # this job's own peak
+    assert list(result["phase_seconds"])[:2] == ["starting", "loading_model"]
     assert len(steps_seen) > 2
     run = project / "runs" / job_id
     assert (run / "models/checkpoints/lora/adapter_config.json").is_file()

@@ -104,3 +104,23 @@ def test_no_evaluation_pass_when_training_is_stopped() -> None:
     control.should_evaluate = True
     callback.on_epoch_end(args, TrainerState(), control)
     assert control.should_evaluate is True  # a normal end keeps its evaluation
+
+
+def test_tokens_per_second_leaves_the_first_step_out() -> None:
+    """A first step that compiles (slow) does not drag the throughput figure down: it counts from its end."""
+    import time
+
+    reports: list[Progress] = []
+    callback = ProgressCallback(_collect(reports), lambda: StopMode.RUN)
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    state, control = TrainerState(max_steps=10, num_train_epochs=1), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    pauses = [1.0, 0.05, 0.05]  # the first step "compiles"
+    for step, pause in enumerate(pauses, start=1):
+        time.sleep(pause)
+        state.global_step, state.num_input_tokens_seen = step, 1000 * step
+        callback.on_step_end(args, state, control)
+    first, last = reports[1].tokens_per_second, reports[-1].tokens_per_second
+    assert first is not None and first < 1000 / 1.0 * 1.01  # one step: the whole attempt's figure
+    assert last is not None and last > 6000  # 2000 tokens in ~0.1 s, not 3000 in ~1.1 s (2700/s)
+    assert callback.last_tokens_per_second == last
