@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from alembic.config import Config
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
@@ -38,8 +38,11 @@ def unavailable(exc: BaseException) -> str | None:
     """Why the database refused a statement that may work later: "full" (its disk), "busy" (locked by another
     process, or not reachable now), or None for any other error (a bug: not to be retried)."""
     error = exc.orig if isinstance(exc, DBAPIError) else exc
-    if isinstance(error, psycopg.Error):
-        return _postgres_unavailable(error)
+    # psycopg is loaded only with a Postgres URL (an SQLite-only install need not have it): an error of its own
+    # means it is loaded.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(error, psycopg.Error):
+        return _postgres_unavailable(psycopg, error)
     if not isinstance(error, sqlite3.DatabaseError):
         return None
     message = str(error).lower()
@@ -50,7 +53,7 @@ def unavailable(exc: BaseException) -> str | None:
     return None
 
 
-def _postgres_unavailable(error: psycopg.Error) -> str | None:
+def _postgres_unavailable(psycopg: Any, error: Any) -> str | None:
     """Postgres' twin of the SQLite words: its disk full (53100), or an operational error (the server away,
     restarting or refusing connections, a lock not granted within the lock timeout, a deadlock broken, a
     serialization conflict), less a program limit (class 54: the statement itself is at fault)."""
