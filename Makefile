@@ -23,9 +23,11 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/forge-demo
 
-## Lint, type-check and the whole CPU suite (fast tests and the slow ones on the real embedded model).
+## Lint, type-check and the whole CPU suite (fast tests and the slow ones on the real embedded model): two test
+## processes at once (a test mostly waits on the service's processes), then the tests that assert latencies alone.
 test: install lint system
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,13 +35,16 @@ GPU_ONLY = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`bench` tests run only when asked for (-m bench): `make test` and `make fast` leave them out."""
-    if "bench" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="benchmark-sized: run with -m bench")
-    for item in items:
-        if "bench" in item.keywords:
-            item.add_marker(skip)
+    """`bench` and `long` tests run only when asked for (-m bench, -m long): `make test` and `make fast` leave them
+    out."""
+    asked = config.getoption("markexpr") or ""
+    for marker, why in (("bench", "benchmark-sized"), ("long", "minutes of processes on 2 cores")):
+        if marker in asked:
+            continue
+        skip = pytest.mark.skip(reason=f"{why}: run with -m {marker}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def cache_dir() -> Path:

@@ -142,6 +142,7 @@ def test_a_body_is_not_read_before_the_token_is_checked(settings: Settings) -> N
         assert upload.status_code == 401
 
 
+@pytest.mark.serial  # answers within 100 ms
 def test_the_alias_bomb_is_answered_within_100ms_while_polling_stays_fast(processes: Processes) -> None:
     base = warmed(processes.api(FORGE_API_TOKEN=TOKEN), AUTH)
     answers: list[tuple[int, float]] = []
@@ -228,6 +229,7 @@ def test_the_row_limit_is_a_413_that_says_so(settings: Settings, project: Path) 
     assert sorted(p.name for p in (project / "data/uploads").iterdir()) == ["ok.jsonl"]
 
 
+@pytest.mark.serial  # polls within 50 ms
 def test_a_100k_line_upload_leaves_polling_fast(processes: Processes, project: Path) -> None:
     base = warmed(processes.api())
     body = _jsonl([_row(i) for i in range(100_000)])

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import tiny_config
 from tests.e2e.conftest import Processes, wait_for
@@ -81,6 +82,7 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch(
     assert _processes_of(two) == []
 
 
+@pytest.mark.long
 def test_two_ranks_stop_for_a_cancel_and_resume_after_sigterm(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
@@ -110,6 +112,7 @@ def test_two_ranks_stop_for_a_cancel_and_resume_after_sigterm(
     assert done["result"]["batch_size"]["ranks"] == 2
 
 
+@pytest.mark.long
 def test_two_ranks_end_with_a_stalled_or_a_killed_worker(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:

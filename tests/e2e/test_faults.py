@@ -55,6 +55,7 @@ def _log(processes: Processes, index: int) -> str:
     return next(processes.logs.glob(f"*-{index}.log")).read_text(errors="replace")
 
 
+@pytest.mark.serial  # ends within 3 s
 def test_a_stalled_worker_loses_the_job_and_its_training_process_ends_first(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
@@ -95,6 +96,7 @@ def test_a_stalled_worker_loses_the_job_and_its_training_process_ends_first(
     assert _job(client, next_id)["worker_id"] == "stalled" and stalled.poll() is None
 
 
+@pytest.mark.serial  # dies within 2 s
 def test_a_killed_workers_training_process_dies_with_it(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
@@ -140,6 +142,7 @@ db.execute("COMMIT")
 """
 
 
+@pytest.mark.serial  # a 503 within 15 s
 def test_a_database_locked_for_40s_is_ridden_out(processes: Processes, project: Path, tiny_model_dir: Path) -> None:
     client = httpx.Client(base_url=processes.api(), timeout=60)  # the default lease: 60 s
     job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=5000)).json()["id"]

@@ -187,6 +187,7 @@ def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
+@pytest.mark.serial  # a claim within 1 s of the POST
 def test_an_idle_worker_is_woken_by_notify_and_a_cancel_reaches_it_at_once(
     processes: Processes, postgres_url: str, tiny_model_dir: Path
 ) -> None:
@@ -303,6 +304,7 @@ def race_real_workers(processes: Processes, project: Path, url: str, model_dir: 
         assert len(re.findall(r"phase: training", log)) <= row.attempt  # one training run per attempt at most
 
 
+@pytest.mark.long
 def test_eight_real_workers_two_killed_over_24_jobs(
     processes: Processes, project: Path, postgres_url: str, tiny_model_dir: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from worker.progress import ProgressCallback
@@ -106,6 +107,7 @@ def test_no_evaluation_pass_when_training_is_stopped() -> None:
     assert control.should_evaluate is True  # a normal end keeps its evaluation
 
 
+@pytest.mark.serial  # step times
 def test_tokens_per_second_leaves_the_first_step_out() -> None:
     """A first step that compiles (slow) does not drag the throughput figure down: it counts from its end."""
     import time
