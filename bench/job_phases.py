@@ -1,0 +1,156 @@
+"""Where a whole job's time goes: the spec's standard config as a user posts it, through the real API and worker.
+
+Three jobs on one worker: a cold one; a second on the same warm worker (same base model and test split, other
+training data: its baseline is reused); a third after the worker is restarted (compile caches warm on disk).
+Each row is read from the job's own phase timestamps (`result.phase_seconds`); `whole/training` is the job's
+wall time from submission to its end over its training phase, the issue's ratio.
+
+    python bench/job_phases.py --shape gemma3-4b --test-rows 40 --json 4b-40.json     # on the GPU machine
+    python bench/job_phases.py --shape gemma3-270m --test-rows 200
+    python bench/job_phases.py --shape tiny --backend transformers --steps 2 --test-rows 4 --gguf none  # CPU try
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dict[str, Any]:
+    import httpx
+
+    submitted = time.time()
+    job = httpx.post(f"{base}/api/training", json=config, timeout=60).json()
+    if "id" not in job:
+        raise RuntimeError(f"{label}: refused: {job}")
+    while (job := httpx.get(f"{base}/api/training/jobs/{job['id']}", timeout=30).json())["status"] in (
+        "queued",
+        "running",
+    ):
+        time.sleep(1)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"{label}: {job['status']}: {job.get('error')}")
+    result = job["result"]
+    seconds = result["phase_seconds"]
+    whole = _when(job["finished_at"]) - submitted
+    stats = json.loads((project / "runs" / job["id"] / "metrics" / "training-stats.json").read_text())
+    first_step = next((e["time"] for e in stats.get("log_history", []) if "time" in e), None)
+    return {
+        "job": label,
+        "id": job["id"],
+        "whole_s": round(whole, 1),
+        "phases_s": seconds,
+        "training_s": seconds.get("training"),
+        "whole_over_training": round(whole / seconds["training"], 2) if seconds.get("training") else None,
+        "submit_to_first_logged_step_s": round(first_step - submitted, 1) if first_step else None,
+        "tokens_per_second": result.get("tokens_per_second"),
+        "baseline_reused_from": (result.get("baseline") or {}).get("reused_from"),
+        "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="gemma3-270m", help="gemma3-270m, gemma3-4b, llama3.1-8b, tiny")
+    parser.add_argument("--test-rows", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60, help="the spec's standard config trains 60 steps")
+    parser.add_argument("--backend", default="unsloth")
+    parser.add_argument("--gguf", default="Q8_0", help="a GGUF type to export and check, or none")
+    parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--json", type=Path)
+    a = parser.parse_args()
+
+    from app import embedded
+    from app.demo_data import write_splits
+    from bench.shapes import build
+
+    work = (a.work or Path(tempfile.mkdtemp(prefix="forge-bench-phases-"))).resolve()
+    project = work / "project"
+    cache = Path(os.environ.get("FORGE_CACHE_DIR", Path.home() / ".cache" / "forge-trainer"))
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build(a.shape, work / "models" / a.shape, embedded.tokenizer_dir(cache), device=device)
+    write_splits(project / "data", sizes=(480, 24, a.test_rows))
+    train = (project / "data/splits/train.jsonl").read_text().splitlines()
+    (project / "data/other-train.jsonl").write_text("\n".join(train[240:] + train[:240]) + "\n")
+    env = dict(
+        os.environ,
+        FORGE_PROJECT_DIR=str(project),
+        FORGE_MODEL_DIRS=json.dumps([str(model.parent)]),
+        FORGE_PORT=str(a.port),
+        FORGE_WORKER_POLL_SECONDS="0.2",
+    )
+    # The spec's standard config (the config's defaults), on this shape, with a GGUF file checked in llama.cpp.
+    config: dict[str, Any] = {
+        "model": {"name": str(model), "load_in_4bit": device == "cuda"},
+        "training": {"max_steps": a.steps},
+        "evaluation": {"glossary_path": "data/glossary.json"},
+        "save": {"gguf_quantization": a.gguf} if a.gguf != "none" else {"gguf_path": None},
+        "backend": a.backend,
+    }
+    api = _start("app", env, work / "api.log")
+    worker = _start("worker", env, work / "worker.log")
+    rows = []
+    try:
+        import httpx
+
+        for _ in range(120):
+            try:
+                httpx.get(f"http://127.0.0.1:{a.port}/api/training", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        base = f"http://127.0.0.1:{a.port}"
+        rows.append(run_job(base, project, config, "cold"))
+        other = config | {"dataset": {"path": "data/other-train.jsonl"}}
+        rows.append(run_job(base, project, other, "warm worker, other data"))
+        _stop(worker)
+        worker = _start("worker", env, work / "worker.log")
+        reseeded = config | {"training": {"max_steps": a.steps, "seed": 7}}
+        rows.append(run_job(base, project, reseeded, "restarted worker"))
+    finally:
+        _stop(worker)
+        _stop(api)
+    summary = {"shape": a.shape, "test_rows": a.test_rows, "steps": a.steps, "backend": a.backend, "gguf": a.gguf}
+    if device == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name()
+    for row in rows:
+        print("JOB PHASES", json.dumps({**summary, **row}))
+    if a.json:
+        a.json.write_text(json.dumps({**summary, "jobs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
