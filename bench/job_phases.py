@@ -47,23 +47,18 @@ def _when(stamp: str) -> float:
 
 
 def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dict[str, Any]:
-    import httpx
+    from bench.service import run_to_end
 
     submitted = time.time()
-    job = httpx.post(f"{base}/api/training", json=config, timeout=60).json()
-    if "id" not in job:
-        raise RuntimeError(f"{label}: refused: {job}")
-    while (job := httpx.get(f"{base}/api/training/jobs/{job['id']}", timeout=30).json())["status"] in (
-        "queued",
-        "running",
-    ):
-        time.sleep(1)
+    job = run_to_end(base, config)
     if job["status"] != "succeeded":
         raise RuntimeError(f"{label}: {job['status']}: {job.get('error')}")
     result = job["result"]
     seconds = result["phase_seconds"]
     whole = _when(job["finished_at"]) - submitted
-    stats = json.loads((project / "runs" / job["id"] / "metrics" / "training-stats.json").read_text())
+    metrics = project / "runs" / job["id"] / "metrics"
+    stats = json.loads((metrics / "training-stats.json").read_text())
+    baseline = json.loads((metrics / "baseline.json").read_text()) if (metrics / "baseline.json").is_file() else {}
     first_step = next((e["time"] for e in stats.get("log_history", []) if "time" in e), None)
     return {
         "job": label,
@@ -74,7 +69,7 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dic
         "whole_over_training": round(whole / seconds["training"], 2) if seconds.get("training") else None,
         "submit_to_first_logged_step_s": round(first_step - submitted, 1) if first_step else None,
         "tokens_per_second": result.get("tokens_per_second"),
-        "baseline_reused_from": (result.get("baseline") or {}).get("reused_from"),
+        "baseline_reused_from": (baseline.get("reused_from") or {}).get("job_id"),
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
     }
 
@@ -124,15 +119,10 @@ def main() -> None:
     worker = _start("worker", env, work / "worker.log")
     rows = []
     try:
-        import httpx
+        from bench.service import wait_for_api
 
-        for _ in range(120):
-            try:
-                httpx.get(f"http://127.0.0.1:{a.port}/api/training", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         base = f"http://127.0.0.1:{a.port}"
+        wait_for_api(base, tries=120)
         rows.append(run_job(base, project, config, "cold"))
         other = config | {"dataset": {"path": "data/other-train.jsonl"}}
         rows.append(run_job(base, project, other, "warm worker, other data"))

@@ -177,7 +177,7 @@ def run_hf(a: argparse.Namespace) -> dict[str, Any]:
 
 def run_worker(a: argparse.Namespace) -> dict[str, Any]:
     """The service end to end: real API and worker processes, two identical jobs one after the other."""
-    import httpx
+    from bench.service import run_to_end, wait_for_api
 
     project = a.work / "project"
     (project / "data").mkdir(parents=True, exist_ok=True)
@@ -212,21 +212,10 @@ def run_worker(a: argparse.Namespace) -> dict[str, Any]:
     }
     jobs = []
     try:
-        for _ in range(60):
-            try:
-                httpx.get(f"{base}/api/training", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_for_api(base)
         for attempt in range(a.jobs):
             submitted = time.time()
-            job = httpx.post(f"{base}/api/training", json=config, timeout=30).json()
-            while (job := httpx.get(f"{base}/api/training/jobs/{job['id']}", timeout=10).json())["status"] not in (
-                "succeeded",
-                "failed",
-                "cancelled",
-            ):
-                time.sleep(1)
+            job = run_to_end(base, config)
             if job["status"] != "succeeded":
                 raise RuntimeError(f"job {attempt + 1} {job['status']}: {job.get('error')}")
             run = project / "runs" / job["id"]

@@ -50,8 +50,8 @@ def model_fingerprint(model_path: str) -> Any:
     """The model's files as (name, bytes, mtime) for a folder; for a hub id, the cached snapshot it resolves to."""
     folder = Path(model_path)
     if folder.is_dir():
-        files = [p for p in folder.rglob("*") if p.is_file()]
-        return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        stats = {str(p.relative_to(folder)): p.stat() for p in folder.rglob("*") if p.is_file()}
+        return sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats.items())
     try:
         from huggingface_hub import try_to_load_from_cache
 

@@ -5,8 +5,8 @@ with no training in between: the numbers are the ceiling the queue puts on a fle
 slows down as workers contend. Postgres is a throw-away server (tests/postgres.py: Debian's package, a temporary
 folder, a unix socket, fsync off), SQLite a WAL file in a temporary project.
 
-    python bench/queue.py                          # 1, 4 and 16 workers, 400 jobs each, both databases
-    python bench/queue.py --workers 1 4 --jobs 200 --databases postgres --json results.json
+    python bench/job_queue.py                          # 1, 4 and 16 workers, 400 jobs each, both databases
+    python bench/job_queue.py --workers 1 4 --jobs 200 --databases postgres --json results.json
 """
 
 from __future__ import annotations
