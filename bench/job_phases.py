@@ -70,6 +70,7 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dic
         "submit_to_first_logged_step_s": round(first_step - submitted, 1) if first_step else None,
         "tokens_per_second": result.get("tokens_per_second"),
         "baseline_reused_from": (baseline.get("reused_from") or {}).get("job_id"),
+        "model_kept_from": result.get("model_kept_from"),
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
     }
 

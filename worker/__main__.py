@@ -7,6 +7,7 @@ import logging
 
 from app.core.config import Settings
 from worker.loop import Worker
+from worker.warm_process import PreloadInvalid
 
 
 def main() -> None:
@@ -16,7 +17,10 @@ def main() -> None:
     parser.add_argument("--worker-id", default=None, help="name shown in the jobs it claims")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(Settings(), worker_id=args.worker_id)
+    try:
+        worker = Worker(Settings(), worker_id=args.worker_id)
+    except PreloadInvalid as exc:
+        parser.exit(2, f"error: {exc}\n")
     worker.install_signal_handlers()
     worker.run(max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
 

@@ -18,8 +18,8 @@ from typing import Any
 from app.models import JobKind
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
-from worker import devices, faults, lease
-from worker.protocol import Failed, Interrupted, JobSpec, StopMode, Stopped, StopRequested, Succeeded
+from worker import devices, faults, lease, warm_model
+from worker.protocol import Failed, Interrupted, JobSpec, Preload, StopMode, Stopped, StopRequested, Succeeded
 from worker.reporter import Reporter
 
 log = logging.getLogger("forge.worker.job")
@@ -39,6 +39,10 @@ def child_main(conn: Any, stop_flag: Any, lease_deadline: Any = None) -> None:
             spec = conn.recv()
         except EOFError:  # the worker closed the pipe: it retires this process
             return
+        if isinstance(spec, Preload):  # before any job: load the configured model, nothing to answer
+            use_compile_cache(spec.spec)
+            warm_model.preload(spec.spec)
+            continue
         use_compile_cache(spec)
         reusable = run_one(spec, conn, stop_flag, warm=jobs_run > 0)
         jobs_run += 1

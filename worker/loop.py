@@ -27,7 +27,7 @@ from app.core.wakeup import Wakeup
 from app.models import Job, JobPhase, JobStatus, utcnow
 from app.run_folder import RunFolder, checkpoint_finder
 from app.training_config import optimizer_names
-from worker import distributed, faults, supervision
+from worker import faults, supervision
 from worker.events import JobEvents
 from worker.heartbeat import Heartbeat
 from worker.lease import EXIT_LEASE_LOST, LeaseClock
@@ -46,6 +46,7 @@ from worker.protocol import (
 )
 from worker.supervision import Backoff, DatabaseDown, Ending
 from worker.supervision import TrainingProcess as _Child
+from worker.warm_process import WarmProcess
 
 log = logging.getLogger("forge.worker")
 
@@ -63,9 +64,9 @@ class Worker:
         self.wakeup = Wakeup(self.settings.sqlalchemy_url)
         self.stopping = False
         self.context = mp.get_context("spawn")  # a fresh interpreter: Unsloth must load before transformers
-        self.child: _Child | None = None
         # Until when the training process may run the current job: one clock, shared with each training process.
         self.lease = LeaseClock(self.context, settings.lease_seconds)
+        self.processes = WarmProcess(self.context, self.lease, settings, self.gpus)
         self.backoff = Backoff(settings.lease_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -91,22 +92,24 @@ class Worker:
 
     def _run(self, max_jobs: int | None, exit_when_idle: bool) -> int:
         done = 0
+        if self.processes.preload is not None:
+            self.processes.idle()  # the model loads while the first job is claimed
         while not self.stopping and (max_jobs is None or done < max_jobs):
             try:
                 claimed = self._db("looking for a job", self._claim)
             except DatabaseDown:
-                self._retire_idle_child()
+                self.processes.idle()
                 time.sleep(self.backoff.delay)
                 continue
             if claimed is None:
                 if exit_when_idle:
                     break
-                self._retire_idle_child()
+                self.processes.idle()
                 self.wakeup.wait(self.settings.worker_poll_seconds)  # a NOTIFY on Postgres ends it early
                 continue
             self.run_job(*claimed)
             done += 1
-        self._retire_child()
+        self.processes.retire()
         return done
 
     def _claim(self, session: Session) -> tuple[Job, float] | None:
@@ -145,10 +148,7 @@ class Worker:
             # Recorded before waiting for the process to exit: no lease is renewed while it tears down
             # (seconds on a busy machine), and a lease that runs out meanwhile would re-queue a finished job.
             self._finish(job, ending, None)
-        if not clean or not child.reusable or self.settings.worker_keep_warm_seconds <= 0 or self.stopping:
-            self._retire_child()  # also collects the exit code of a child that died
-        else:
-            child.idle_since = time.monotonic()
+        self.processes.after_job(child, clean, self.stopping)  # a retired process's exit code is collected
         if ending is None:
             self._finish(job, ending, child.process.exitcode)
 
@@ -183,49 +183,13 @@ class Worker:
             model_dirs=[str(d) for d in self.settings.model_dirs],
             claimed_at=time.time(),
         )
-        child = self._child_for(job, spec)
+        child = self.processes.for_job(job, spec)
         if heartbeat.lost:
             log.warning("job %s is no longer ours before it started; leaving it", job.id)
             return None
         child.stop_flag.value = StopMode.RUN
         child.conn.send(spec)
         return child
-
-    # -- the training process, kept warm between jobs ------------------------------------------------------
-    def _child_for(self, job: Job, spec: JobSpec) -> _Child:
-        """The warm training process when it fits this job (same backend setting, one process), else a fresh one;
-        a job on several GPUs gets ranks of its own under torchrun (worker/distributed.py), on the same lease clock.
-
-        A process that imported Unsloth has patched transformers for good, so jobs asking for another backend
-        get a process of their own.
-        """
-        backend, ranks, child = job.training_config.backend, distributed.ranks_for(job, self.gpus), self.child
-        if ranks == 1 and child is not None and child.takes(backend):
-            log.info("reusing the warm training process (pid %s)", child.process.pid)
-            return child
-        self._retire_child()
-        # Started from the main thread: the training process's parent-death signal is tied to this thread.
-        if ranks > 1:
-            self.child = distributed.launch(spec, backend, ranks, self.gpus, self.lease)
-        else:
-            self.child = _Child.spawn(self.context, self.lease, backend)
-        return self.child
-
-    def _retire_child(self) -> None:
-        child, self.child = self.child, None
-        if child is None:
-            return
-        child.conn.close()  # the child's next read ends: it exits
-        child.process.join(timeout=30)
-        if child.process.is_alive():
-            child.process.kill()
-            child.process.join()
-
-    def _retire_idle_child(self) -> None:
-        child = self.child
-        if child is not None and time.monotonic() - child.idle_since > self.settings.worker_keep_warm_seconds:
-            log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)
-            self._retire_child()
 
     def _supervise(self, job: Job, training: _Child, heartbeat: Heartbeat) -> Ending | None:
         child, conn, stop_flag = training.process, training.conn, training.stop_flag

@@ -38,6 +38,14 @@ class JobSpec:
     claimed_at: float | None = None  # the worker's claim (wall time): the `starting` phase ends at the first phase
 
 
+@dataclass
+class Preload:
+    """Load and LoRA-wrap the model of this (job-less) spec's config and keep it for the jobs that fit it
+    (FORGE_WORKER_PRELOAD, worker/warm_model.py); nothing is sent back."""
+
+    spec: JobSpec
+
+
 # -- from the training process to the worker ------------------------------------------------------------------
 
 

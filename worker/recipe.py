@@ -19,7 +19,7 @@ from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import baselines, batch_size, devices, evaluation, export, gates, ranks
+from worker import baselines, batch_size, devices, evaluation, export, gates, ranks, warm_model
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
@@ -83,13 +83,14 @@ class LoraRecipe:
         self.config = TrainingConfig.model_validate(spec.config)
         self.folder = RunFolder(Path(spec.run_dir), self.config)
         self.reporter = reporter
+        self.warm_key: str | None = None  # what the loaded model depends on (None: it is not kept after the job)
+        self.kept: warm_model.Kept | None = None  # the model kept loaded from an earlier job, when this one fits it
 
     def run(self) -> JobResult:
         """The spec's steps, in order."""
         started = time.monotonic()
         devices.reset_peak_memory()
-        backend = self.choose_backend()
-        setup, model, tokenizer = self.load_model(backend)
+        setup, backend, model, tokenizer = self.load_model(self.choose_backend())
         model = self.attach_lora(backend, model)
         data = self.prepare_data(backend, model, tokenizer, setup)
         baseline = self.baseline(backend, model, tokenizer, data, setup)
@@ -99,10 +100,10 @@ class LoraRecipe:
         saved = self.save(backend, model, tokenizer, setup)
         evaluated = self.evaluate(backend, model, tokenizer, data)
         result = self.result(backend, setup, data, trained)
-        gguf_examples = data.gguf_examples
-        del model, tokenizer, data  # the export loads models of its own: give back what training held
+        warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept.job_id if self.kept else self.spec.job_id)
+        del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
         devices.free_memory()
-        gguf = self.export(setup, saved, gguf_examples)
+        gguf = self.export(setup, saved, data.gguf_examples)
         report = self.gates(baseline, evaluated, trained.history, gguf.gate if gguf else None)
         return self.finish(result, saved, gguf, report, started)
 
@@ -120,13 +121,18 @@ class LoraRecipe:
         log.info("backend: %s", backend.name)
         return backend
 
-    def load_model(self, backend: Backend) -> tuple[Setup, Any, Any]:
-        """What the config points at, resolved once, and the base model with its tokenizer."""
+    def load_model(self, backend: Backend) -> tuple[Setup, Backend, Any, Any]:
+        """The config resolved once, and the base model with its tokenizer (kept loaded, when it fits: warm_model)."""
         self.reporter.phase(JobPhase.loading_model)
         setup = Setup.of(self.spec)
         export.preflight(self.config, setup.model_path)  # a GGUF export that cannot work fails now, not later
+        self.warm_key = warm_model.key(self.config, backend.name, setup.model_path, setup.template.name)
+        self.kept = warm_model.take(self.warm_key)
+        if self.kept is not None:
+            log.info("model: kept loaded from job %s; not loading it again", self.kept.job_id)
+            return setup, self.kept.backend, self.kept.model, self.kept.tokenizer
         try:
-            return setup, *backend.load_model(setup.model_path, self.config, setup.template)
+            return setup, backend, *backend.load_model(setup.model_path, self.config, setup.template)
         except OSError as exc:
             raise ModelNotFound(
                 f"could not load model {self.config.model.name!r}: {exc}. Use {EMBEDDED_MODEL!r}, a local "
@@ -134,8 +140,12 @@ class LoraRecipe:
             ) from exc
 
     def attach_lora(self, backend: Backend, model: Any) -> Any:
+        """Adapters drawn from the job's seed: a kept model (wrapped already) gets fresh ones."""
         self.reporter.phase(JobPhase.attaching_lora)
-        return backend.attach_lora(model, self.config)
+        if self.kept is None:
+            model = backend.attach_lora(model, self.config)
+        warm_model.fresh_adapters(model, self.config.training.seed)
+        return model
 
     def prepare_data(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Data:
         self.reporter.phase(JobPhase.preparing_data)
@@ -314,6 +324,7 @@ class LoraRecipe:
             data=data.stats,
             log_history=trained.logged,
             eval_loss=next((e["eval_loss"] for e in reversed(trained.logged) if "eval_loss" in e), None),
+            model_kept_from=self.kept.job_id if self.kept else None,
         )
 
     def finish(

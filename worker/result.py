@@ -28,6 +28,7 @@ class JobResult(BaseModel):
     quantization: dict[str, Any] | None = None  # the GGUF gate's summary, when GGUF files were exported
     exports: dict[str, Any] = {}
     wall_seconds: float = 0.0
+    model_kept_from: str | None = None  # the job whose loaded model this one trained on (worker/warm_model.py)
     # Wall seconds of each phase the job went through (its own timestamps), in order: where the time went.
     phase_seconds: dict[str, float] = {}
     log_history: list[dict[str, Any]] = []

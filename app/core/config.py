@@ -63,8 +63,13 @@ class Settings(BaseSettings):
     worker_keep_warm_seconds: float = Field(
         default=600.0,
         ge=0,
-        description="Keep the training process (imports, compiled kernels) for the next job this long; 0: a new one "
-        "per job.",
+        description="Keep the training process (imports, compiled kernels, the loaded model) for the next job this "
+        "long; 0: a new one per job.",
+    )
+    worker_preload: str | None = Field(
+        default=None,
+        description="Load and LoRA-wrap this model when the worker starts and keep one ready while idle: a model "
+        "name as in model.name, or a job config file (.json/.yaml) whose model and lora sections jobs use.",
     )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stops renewing it this long is failed."

@@ -164,12 +164,16 @@ def test_a_baseline_is_scored_once_and_reused_by_later_jobs(
     processes: Processes, project: Path, tiny_model_dir: Path
 ) -> None:
     """Same base model, test split and generation settings: the second job copies the first one's baseline, even
-    on other training data; a change to the generation settings, the split or the model scores it again."""
+    on other training data; a change to the generation settings, the split or the model scores it again.
+
+    The same worker also keeps the loaded model between jobs on the same base model: a later job trains on it
+    from fresh adapters and a new optimizer, so its losses equal those of the first job (loaded cold) on the
+    same data and seed."""
     import shutil
 
     client = httpx.Client(base_url=processes.api(), timeout=60)
     processes.worker()
-    config = evaluated_config(tiny_model_dir, training={"max_steps": 1})
+    config = evaluated_config(tiny_model_dir, training={"max_steps": 3})
     first = run_job(client, config, [])
     assert first["status"] == "succeeded", (first["error"], processes.log_text())
 
@@ -194,7 +198,7 @@ def test_a_baseline_is_scored_once_and_reused_by_later_jobs(
     assert f"baseline: reused from job {first['id']}" in log
 
     # What the baseline depends on, changed one at a time: each job scores the base model itself.
-    longer = evaluated_config(tiny_model_dir, training={"max_steps": 1}, evaluation={"max_new_tokens": 3})
+    longer = evaluated_config(tiny_model_dir, training={"max_steps": 3}, evaluation={"max_new_tokens": 3})
     test = project / "data/splits/test.jsonl"
     other_split = project / "data/other-test.jsonl"
     other_split.write_text("\n".join(test.read_text().splitlines()[1:]) + "\n")
@@ -205,8 +209,28 @@ def test_a_baseline_is_scored_once_and_reused_by_later_jobs(
         "model": config | {"model": config["model"] | {"name": str(copy)}},
         "reuse_baseline false": config | {"evaluation": config["evaluation"] | {"reuse_baseline": False}},
     }
+    ran = {}
     for what, changed_config in changed.items():
-        job = run_job(client, changed_config, [])
+        ran[what] = job = run_job(client, changed_config, [])
         assert job["status"] == "succeeded", (what, job["error"], processes.log_text())
         report, _ = baseline(job)
         assert "reused_from" not in report, what
+
+    def losses(job: dict[str, Any]) -> list[float]:
+        stats = json.loads((project / "runs" / job["id"] / "metrics/training-stats.json").read_text())
+        return [entry["loss"] for entry in stats["log_history"] if "loss" in entry]
+
+    # The loaded model: kept for every job on the same model files, loaded again for another model and after it.
+    kept_from = {what: job["result"]["model_kept_from"] for what, job in ran.items()}
+    assert first["result"]["model_kept_from"] is None and second["result"]["model_kept_from"] == first["id"]
+    assert kept_from == {
+        "generation settings": first["id"],
+        "test split": first["id"],
+        "model": None,
+        "reuse_baseline false": None,
+    }
+    assert second["result"]["phase_seconds"]["loading_model"] < first["result"]["phase_seconds"]["loading_model"]
+    # Trained on the kept model after two other jobs, and loaded again: the same steps as the cold first job.
+    assert len(losses(first)) == 3 and losses(second) != losses(first)
+    assert losses(ran["generation settings"]) == losses(first)
+    assert losses(ran["reuse_baseline false"]) == losses(first)

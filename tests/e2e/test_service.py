@@ -85,7 +85,8 @@ def test_submit_train_poll_and_download(processes: Processes, project: Path, tin
 def test_worker_keeps_its_training_process_between_clean_jobs(
     processes: Processes, tiny_model_dir: Path, models_root: Path
 ) -> None:
-    """Jobs after a clean one start warm (no imports, kernels compiled); a failure gets the next job a new process."""
+    """Jobs after a clean one start warm (no imports, kernels compiled, the model loaded); a failure gets the next
+    job a new process. FORGE_WORKER_PRELOAD has the model loaded before the first job is claimed."""
     broken = models_root / "no-weights"
     broken.mkdir(exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # no weights: loading fails
@@ -99,7 +100,9 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
         tiny_config(tiny_model_dir),
     ]
     ids = [client.post("/api/training", json=c).json()["id"] for c in configs]
-    processes.worker("--exit-when-idle")
+    preload = processes.project / "preload.json"  # the config the jobs to come use: its model and lora sections
+    preload.write_text(json.dumps(tiny_config(tiny_model_dir)))
+    processes.worker("--exit-when-idle", FORGE_WORKER_PRELOAD=str(preload))
 
     def all_done() -> list[dict] | None:
         found = [client.get(f"/api/training/jobs/{job_id}").json() for job_id in ids]
@@ -115,6 +118,9 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
     assert failed["error"]["code"] == "model_not_found"
     assert (first["result"]["warm_start"], after_failure["result"]["warm_start"]) == (False, False)
     assert warm["result"]["warm_start"] is True
+    # The model: pre-loaded for the first job, loaded again after the failure, then kept for the next job.
+    kept_from = [job["result"]["model_kept_from"] for job in (first, after_failure, warm)]
+    assert kept_from == ["preloaded", None, after_failure["id"]]
     for job in (first, warm):  # each job's log holds its own run only
         log_text = (processes.project / "runs" / job["id"] / "logs" / "training.log").read_text()
         assert log_text.count("phase: loading_model") == 1

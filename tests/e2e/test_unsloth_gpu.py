@@ -203,3 +203,46 @@ def test_unsloth_job_measures_an_auto_batch_and_trains_with_it(
     assert (picked["per_device_train_batch_size"], picked["gradient_accumulation_steps"]) == (16, 1)
     state = json.loads((project / "runs" / job["id"] / "outputs/checkpoint-3/trainer_state.json").read_text())
     assert state["train_batch_size"] == 16
+
+
+def test_unsloth_jobs_on_a_kept_model_train_as_on_a_fresh_one(
+    processes: Processes, project: Path, gemma3_270m_random: Path
+) -> None:
+    """FORGE_WORKER_PRELOAD loads and wraps the 4-bit model before any job; three jobs then train on it (the
+    merged export between them leaves it as it was): the third, on the first one's data and seed after two other
+    trainings, has the first one's losses, from fresh adapters and a new optimizer."""
+    config: dict[str, Any] = {
+        "model": {"name": str(gemma3_270m_random), "max_seq_length": 512, "load_in_4bit": True},
+        "training": {
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 8,
+            "learning_rate": 1e-3,
+        },
+        "save": {"gguf_path": None},
+        "evaluation": {"max_new_tokens": 8, "max_examples": 8},
+        "backend": "unsloth",
+    }
+    preload = project / "preload.json"
+    preload.write_text(json.dumps(config))
+    rows = (project / "data/splits/train.jsonl").read_text().splitlines()
+    (project / "data/other-train.jsonl").write_text("\n".join(reversed(rows)) + "\n")
+    base = processes.api()
+    processes.worker(FORGE_WORKER_PRELOAD=str(preload))
+    client = httpx.Client(base_url=base, timeout=60)
+    first = finished_job(client, config, "the first job")
+    other = finished_job(client, config | {"dataset": {"path": "data/other-train.jsonl"}}, "the other job")
+    again = finished_job(client, config, "the first job again")
+
+    def losses(job: dict[str, Any]) -> list[float]:
+        stats = json.loads((project / "runs" / job["id"] / "metrics/training-stats.json").read_text())
+        return [entry["loss"] for entry in stats["log_history"] if "loss" in entry]
+
+    for job in (first, other, again):
+        result = job["result"] or {}
+        print("KEPT JOB", json.dumps({"status": job["status"], "kept_from": result.get("model_kept_from")}))
+        print("KEPT PHASES", json.dumps(result.get("phase_seconds")), "LOSSES", losses(job))
+        assert job["status"] == "succeeded", (job["error"], processes.log_text())
+        assert result["model_kept_from"] == "preloaded"
+    assert len(losses(first)) == 8 and losses(other) != losses(first)
+    assert losses(again) == pytest.approx(losses(first), rel=5e-3)
