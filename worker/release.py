@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from app import embedded, release
 from app.files import write_json
+from app.models import JobKind
 from app.resolve import ModelSource
 from app.run_folder import RunFolder
 from worker.protocol import JobSpec
@@ -84,7 +85,7 @@ def datasets(setup: Setup, kind: str) -> dict[str, dict[str, Any]]:
     for its GGUF check)."""
     resolved = setup.resolved
     roles = {"train": resolved.dataset, "val": resolved.val, "test": resolved.test, "glossary": resolved.glossary}
-    if kind == "export":
+    if kind == JobKind.export:
         roles = {"test": resolved.test if setup.config.save.gguf_types else None}
     return {
         role: {**release.entry(resolved.shown(path), path), "file": str(path)}
