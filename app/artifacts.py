@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from app.api.schemas import ArtifactRead
 from app.core.errors import NotFound
-from app.files import PARTIAL
+from app.files import PARTIAL, sha256
 from app.run_folder import RunFolder
 
 # sha256 of big files is costly: remember it per (path, size, mtime).
@@ -16,9 +16,11 @@ _digest_cache: dict[tuple[str, int, int], str] = {}
 
 
 def kind_of(name: str, folder: RunFolder) -> str:
-    """lora, merged, gguf, checkpoint, log, metrics or other: by where in the run folder a file is."""
+    """lora, merged, gguf, checkpoint, log, metrics, release or other: by where in the run folder a file is."""
     if name.endswith(".gguf"):
         return "gguf"
+    if folder.root / name == folder.release:
+        return "release"
     places = [
         (folder.lora, "lora"),
         (folder.merged, "merged"),
@@ -37,20 +39,15 @@ def kind_of(name: str, folder: RunFolder) -> str:
 def _sha256(path: Path, stat: os.stat_result) -> str:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _digest_cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _digest_cache[key] = digest.hexdigest()
+        _digest_cache[key] = sha256(path)
     return _digest_cache[key]
 
 
-def listing(folder: RunFolder) -> list[ArtifactRead]:
-    """Every finished file of a run folder (no links, nothing still being written), with its kind and sha256."""
+def finished_files(folder: RunFolder) -> Iterator[tuple[str, Path]]:
+    """(name relative to the run folder, path) of every finished file: no links, nothing still being written."""
     root = folder.root
     if not root.is_dir():
-        return []
-    items = []
+        return
     real_root = root.resolve()
     for path in sorted(root.rglob("*")):
         if path.is_symlink() or not path.is_file():
@@ -60,6 +57,13 @@ def listing(folder: RunFolder) -> list[ArtifactRead]:
         name = path.relative_to(root).as_posix()
         if any(part.endswith(PARTIAL) for part in PurePosixPath(name).parts):
             continue  # still being written (a GGUF, a scratch merged model): not an artifact yet
+        yield name, path
+
+
+def listing(folder: RunFolder) -> list[ArtifactRead]:
+    """Every finished file of a run folder, with its kind and sha256."""
+    items = []
+    for name, path in finished_files(folder):
         stat = path.stat()
         items.append(
             ArtifactRead(name=name, kind=kind_of(name, folder), bytes=stat.st_size, sha256=_sha256(path, stat))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +40,15 @@ def write_text(target: Path, text: str, suffix: str = PARTIAL) -> None:
 def write_json(target: Path, data: Any) -> None:
     """`data` as indented JSON at `target`, atomically: a reader sees the old file or the new one, never half."""
     write_text(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks: a model of gigabytes never sits in memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def expand_home(value: str) -> Path:

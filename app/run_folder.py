@@ -77,6 +77,11 @@ class RunFolder:
     def quantization(self) -> Path:
         return self.metrics_dir / "quantization.json"
 
+    @property
+    def release(self) -> Path:
+        """The release record of a finished job (app/release.py): what it used and made, hashed."""
+        return self.root / "release.json"
+
     # -- models -------------------------------------------------------------------------------------------
     @property
     def lora(self) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 from app.files import write_json
 from app.models import JobPhase
 from app.run_folder import RunFolder
-from worker import export
+from worker import export, release
 from worker.gguf import ExportError
 from worker.protocol import JobSpec
 from worker.reporter import Reporter
@@ -23,7 +23,7 @@ class ExportJob:
         self.reporter = reporter
 
     def run(self) -> dict[str, Any]:
-        """merge -> export -> verify -> gate; the stats of metrics/export-stats.json."""
+        """merge -> export -> verify -> gate -> release.json; the stats of metrics/export-stats.json."""
         started = time.monotonic()
         self.reporter.phase(JobPhase.exporting)
         setup = Setup.of(self.spec)
@@ -55,4 +55,5 @@ class ExportJob:
                 export.remove_tree(merged)
         stats.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
         write_json(run.export_stats, stats)
+        release.write(self.spec, run)
         return stats

@@ -330,7 +330,8 @@ class LoraRecipe:
     def finish(
         self, result: JobResult, saved: Saved, gguf: GgufExport | None, report: GatesReport, started: float
     ) -> JobResult:
-        """The result written (metrics/training-stats.json); a failed gate fails the job when gates are required."""
+        """The result written (metrics/training-stats.json); a failed gate fails the job when gates are required, and a
+        job that succeeds gets its release record (release.json)."""
         exports = saved.exports
         update: dict[str, Any] = {}
         if gguf is not None:
@@ -347,4 +348,7 @@ class LoraRecipe:
                 "training finished but gates.required is true and "
                 + "; ".join(f"{g.name.value} failed: {g.message}" for g in failed)
             )
+        from worker import release
+
+        release.write(self.spec, self.folder)  # last: it hashes every artifact above
         return result

@@ -210,6 +210,7 @@ def test_unknown_job_is_404(client: TestClient) -> None:
         response = client.get(path)
         assert response.status_code == 404 and response.json()["code"] == "not_found"
     assert client.post("/api/training/jobs/nope/cancel").status_code == 404
+    assert client.post("/api/training/jobs/nope/reverify").status_code == 404
 
 
 def test_cancel_queued_job_then_again_then_finished(client: TestClient, settings: Settings) -> None:
@@ -256,7 +257,7 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 27  # with GET /api/training/workers
+    assert len(operations) == 28  # with GET /api/training/workers and POST .../reverify
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json").replace("{file_id}", "file-x")
@@ -292,6 +293,7 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}/events",
         "/api/training/jobs/{job_id}/events/stream",
         "/api/training/jobs/{job_id}/checkpoints",
+        "/api/training/jobs/{job_id}/reverify",
         "/v1/files",
         "/v1/files/{file_id}",
         "/v1/fine_tuning/jobs",

@@ -98,6 +98,18 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert report["reference"]["score"] == reference
     assert sorted(p.name for p in (run / "models/quantized").iterdir()) == ["model-Q4_K_M.gguf"]  # no f16 left
     assert no_partial_files(run)
+    # release.json lists every shipped file with the hash the API serves, and the worker's lack of network.
+    record = client.get(f"/api/training/jobs/{job_id}/artifacts/release.json").json()
+    assert files["release.json"]["kind"] == "release"
+    shipped = {name: a["sha256"] for name, a in files.items() if a["kind"] in ("lora", "merged", "gguf", "metrics")}
+    assert {item["path"]: item["sha256"] for item in record["artifacts"]} == shipped
+    assert {role: item["sha256"] for role, item in record["datasets"].items()} == {
+        role: hashlib.sha256((project / f"data/splits/{role}.jsonl").read_bytes()).hexdigest()
+        for role in ("train", "val", "test")
+    }
+    assert record["base_model"]["folder"] == str(tiny_model_dir) and record["base_model"]["files"]
+    assert record["gates"]["verdicts"]["quantization-verified"] == gate["status"]
+    assert record["network"]["access"] == ("none" if offline.prefix else "hub-offline")
 
     # Another format later, from the same adapters, without training again: a job of its own.
     export = client.post(f"/api/training/jobs/{job_id}/exports", json={"gguf_quantization": "Q8_0"}).json()
@@ -113,6 +125,15 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert export["result"]["exports"] == {"gguf": ["models/quantized/model-Q8_0.gguf"]}
     assert export["result"]["quantization"]["files"][0]["quantization"] == "Q8_0"
     assert no_partial_files(project / "runs" / export["id"])
+    exported_record = client.get(f"/api/training/jobs/{export['id']}/artifacts/release.json").json()
+    assert (exported_record["kind"], exported_record["source_job_id"], list(exported_record["datasets"])) == (
+        "export",
+        job_id,
+        ["test"],
+    )
+    lora = {i["path"]: i["sha256"] for i in record["artifacts"] if i["path"].startswith("models/checkpoints/lora/")}
+    adapters = exported_record["adapters"]["files"]
+    assert {f"models/checkpoints/lora/{i['path']}": i["sha256"] for i in adapters} == lora
 
     # An export is cancelled like any job: the converter stops and leaves no half-written file behind.
     slow = client.post(f"/api/training/jobs/{job_id}/exports", json={"gguf_quantization": ["f16", "bf16"]}).json()
@@ -126,6 +147,17 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert cancelled["status"] == "cancelled"
     assert no_partial_files(project / "runs" / slow["id"])
     assert not [a for a in artifacts(client, slow["id"]).values() if a["kind"] == "gguf"]
+
+    # Reverify: the training job's files are as recorded; a byte changed in its GGUF file voids the GGUF check.
+    clean = client.post(f"/api/training/jobs/{job_id}/reverify").json()
+    assert clean["unchanged"] is True and clean["gguf_check"]["holds"] is True, clean
+    data = bytearray(on_disk.read_bytes())
+    data[-1] ^= 0xFF
+    on_disk.write_bytes(bytes(data))
+    tampered = client.post(f"/api/training/jobs/{job_id}/reverify").json()
+    assert [(d["path"], d["change"]) for d in tampered["differences"]] == [(gguf["name"], "changed")]
+    assert tampered["gguf_check"]["holds"] is False
+    assert client.post(f"/api/training/jobs/{slow['id']}/reverify").status_code == 409  # cancelled: no release
 
     assert offline.attempts() == "", offline.attempts()
     print("NETWORK", "unshare -n" if offline.prefix else "no unshare: proxies and the socket guard only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -109,3 +110,13 @@ def test_an_alpaca_file_trains_end_to_end_with_eval_loss(project: Path, tiny_mod
     assert stats["eval_loss"] == evals[-1]["eval_loss"] > 0
     saved = json.loads((run_dir / "metrics/training-stats.json").read_text())
     assert saved["eval_loss"] == stats["eval_loss"]
+    # The run's release record: the files as resolved (val "auto" found beside the training file), the artifacts.
+    record = json.loads((run_dir / "release.json").read_text())
+    assert {role: item["path"] for role, item in record["datasets"].items()} == {
+        "train": "data/factory/train.jsonl",
+        "val": "data/factory/val.jsonl",
+        "test": "data/splits/test.jsonl",
+    }
+    assert "models/checkpoints/lora/adapter_model.safetensors" in {item["path"] for item in record["artifacts"]}
+    for item in record["artifacts"]:
+        assert item["sha256"] == hashlib.sha256((run_dir / item["path"]).read_bytes()).hexdigest(), item["path"]

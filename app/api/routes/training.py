@@ -1,4 +1,5 @@
-"""/api/training: start, status, cancel, jobs and artifacts. Thin: the work is in app.jobs and app.artifacts."""
+"""/api/training: start, status, cancel, jobs, artifacts and reverify. Thin: the work is in app.jobs, app.artifacts
+and app.release."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, jobs
+from app import artifacts, jobs, release
 from app import status as training_status
 from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, error_responses, require_token, resolve_and_validate
 from app.api.schemas import ArtifactList, JobPage, JobRead
@@ -183,3 +184,18 @@ def download_artifact(job_id: str, path: str, session: SessionDep, settings: Set
     job = jobs.get(session, job_id)
     file = artifacts.resolve(RunFolder.of(settings.runs_dir, job).root, path)
     return FileResponse(file, filename=file.name)
+
+
+@router.post(
+    "/jobs/{job_id}/reverify",
+    response_model=release.Reverification,
+    summary="Hash a finished job's release again and report what changed",
+    responses=NOT_FOUND | error_responses(e409="The job has no release.json (it has not succeeded)"),
+)
+def reverify_job(job_id: str, session: SessionDep, settings: SettingsDep) -> release.Reverification:
+    """Every file release.json lists (artifacts, dataset files, base model, an export's adapters) hashed again:
+    each one changed, missing or added is a `difference`. The GGUF check is not run again (the API runs no model):
+    `gguf_check` says whether the files it passed are byte-identical still. A plain `def`: FastAPI runs it in a
+    worker thread, so hashing gigabytes never blocks the event loop."""
+    job = jobs.get(session, job_id)
+    return release.reverify(RunFolder.of(settings.runs_dir, job), job)
