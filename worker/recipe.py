@@ -19,7 +19,7 @@ from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import baselines, batch_size, devices, evaluation, export, gates, ranks, warm_model
+from worker import baselines, batch_size, devices, evaluation, export, gates, ranks, release, warm_model
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
@@ -246,8 +246,7 @@ class LoraRecipe:
         if not save.gguf_types or saved.merged is None:
             return None
         self.reporter.phase(JobPhase.exporting)
-        progress = self.reporter.phase_progress
-        tracker = export.Tracker.planned(progress, save.gguf_types, merging=False, scoring=examples)
+        tracker = export.Tracker.planned(self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples)
         try:
             stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
             return export.export_gguf(self.config, self.folder, saved.merged, examples, stop_word, tracker, check_stop)
@@ -330,8 +329,7 @@ class LoraRecipe:
     def finish(
         self, result: JobResult, saved: Saved, gguf: GgufExport | None, report: GatesReport, started: float
     ) -> JobResult:
-        """The result written (metrics/training-stats.json); a failed gate fails the job when gates are required, and a
-        job that succeeds gets its release record (release.json)."""
+        """The result and, for a job that succeeds, its release record written; a failed required gate fails the job."""
         exports = saved.exports
         update: dict[str, Any] = {}
         if gguf is not None:
@@ -348,7 +346,5 @@ class LoraRecipe:
                 "training finished but gates.required is true and "
                 + "; ".join(f"{g.name.value} failed: {g.message}" for g in failed)
             )
-        from worker import release
-
         release.write(self.spec, self.folder)  # last: it hashes every artifact above
         return result
