@@ -36,7 +36,9 @@ GPU_ONLY = [
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`bench` and `long` tests run only when asked for (-m bench, -m long): `make test` and `make fast` leave them
-    out."""
+    out. The end-to-end files (real processes, minutes each) come first: `-n 2 --dist loadfile` hands files out
+    in this order, and the many short unit files then fill the gaps instead of one long file running alone last."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))  # stable: the order within stays
     asked = config.getoption("markexpr") or ""
     for marker, why in (("bench", "benchmark-sized"), ("long", "minutes of processes on 2 cores")):
         if marker in asked:
