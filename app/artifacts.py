@@ -9,16 +9,19 @@ from pathlib import Path, PurePosixPath
 from app.api.schemas import ArtifactRead
 from app.core.errors import NotFound
 from app.files import PARTIAL, sha256
-from app.run_folder import RunFolder
+from app.run_folder import MODELFILE_SUFFIX, RunFolder
 
 # sha256 of big files is costly: remember it per (path, size, mtime).
 _digest_cache: dict[tuple[str, int, int], str] = {}
 
 
 def kind_of(name: str, folder: RunFolder) -> str:
-    """lora, merged, gguf, checkpoint, log, metrics, release or other: by where in the run folder a file is."""
+    """lora, merged, gguf, modelfile, checkpoint, log, metrics, release or other: by where in the run folder a file
+    is."""
     if name.endswith(".gguf"):
         return "gguf"
+    if name.endswith(MODELFILE_SUFFIX):
+        return "modelfile"  # an Ollama Modelfile, beside its GGUF
     if folder.root / name == folder.release:
         return "release"
     places = [

@@ -26,7 +26,7 @@ from app.run_folder import RunFolder
 FORMAT = 1  # release.json's own version: bumped when its keys change meaning
 # What a release lists of the run folder: what the job ships and its numbers. Logs go on growing after the job
 # ends and checkpoints are the trainer's scratch, so neither is part of what was shipped.
-RELEASED_KINDS = ("lora", "merged", "gguf", "metrics")
+RELEASED_KINDS = ("lora", "merged", "gguf", "modelfile", "metrics")
 
 Section = Literal["artifact", "dataset", "base_model", "adapters"]
 Change = Literal[

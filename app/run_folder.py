@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from app.models import Job
 
 Stage = Literal["baseline", "evaluate"]
+# The Ollama Modelfile beside each GGUF: model-Q8_0.gguf -> model-Q8_0.Modelfile (artifact kind `modelfile`).
+MODELFILE_SUFFIX = ".Modelfile"
 
 
 class RunFolder:
@@ -103,6 +105,10 @@ class RunFolder:
     @property
     def gguf_dir(self) -> Path | None:
         return self.root / self.config.save.gguf_path if self.config.save.gguf_path else None
+
+    def modelfile(self, gguf_file: Path) -> Path:
+        """The Ollama Modelfile for a GGUF file, beside it (`FROM ./<the GGUF>` works from any folder)."""
+        return gguf_file.with_suffix(MODELFILE_SUFFIX)
 
     # -- training checkpoints -----------------------------------------------------------------------------
     @property

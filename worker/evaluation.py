@@ -148,10 +148,12 @@ def generator(
     stop_ids: Sequence[int],
     sampling: dict[str, Any] | None = None,
     seed: int = 0,
+    ended: list[bool] | None = None,
 ) -> Generate:
     """Batched generation with the tokenizer's chat template: greedy, or sampled with `sampling` (temperature,
     top_p, top_k; reseeded with `seed` before each batch). The one generation loop of the worker: the
-    evaluation steps and the export's merged-model reference answers both use it."""
+    evaluation steps and the export's merged-model reference answers both use it. With `ended`, each answer
+    appends to it whether it stopped on a stop id (True) or was cut at max_new_tokens (False)."""
     import torch
     from transformers import GenerationConfig
 
@@ -177,6 +179,9 @@ def generator(
         with torch.inference_mode():
             output = model.generate(**encoded, generation_config=config)
         new = output[:, encoded["input_ids"].shape[1] :]
+        if ended is not None:
+            stops = torch.tensor(list(stop_ids), device=new.device)
+            ended.extend(bool(row) for row in torch.isin(new, stops).any(dim=1).tolist())
         return [text.decode(row, skip_special_tokens=True).strip() for row in new]
 
     return generate

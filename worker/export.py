@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.datasets.templates import ChatTemplate
 from app.files import write_json
 from app.models import GateResult
 from app.run_folder import RunFolder
@@ -29,6 +30,7 @@ from worker.gguf import (
     never_stop,
 )
 from worker.gguf.convert import check_tools, write_ggufs
+from worker.gguf.modelfile import END_OF_TURN, write_modelfile
 from worker.gguf.verify import chrf, judge_files, quantization_gate, verify_ggufs
 
 log = logging.getLogger("forge.worker.export")
@@ -140,8 +142,9 @@ def merged_predictions(
     stop_word: str,
     progress: StepProgress,
     check_stop: StopCheck = never_stop,
-) -> list[str]:
-    """Greedy answers of the merged model (transformers) to the test prompts: the reference each GGUF is held to.
+) -> tuple[list[str], list[bool]]:
+    """Greedy answers of the merged model (transformers) to the test prompts, and whether each ended its turn
+    within the token budget: the reference each GGUF is held to.
 
     Answered again here rather than taken from the evaluate step: the same prompts, token budget and greedy
     decoding as the GGUF checks, so the comparison is like for like.
@@ -155,7 +158,8 @@ def merged_predictions(
     model.to(device).eval()
     # Stop where llama.cpp stops: at the end of the model's turn as well as at <eos>.
     stops = evaluation.stop_ids(tokenizer, stop_word)
-    generate = evaluation.generator(model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, stop_ids=stops)
+    ended: list[bool] = []
+    generate = evaluation.generator(model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, stop_ids=stops, ended=ended)
     answers: list[str] = []
     try:
         for batch in evaluation.batches(prompts, REFERENCE_BATCH):
@@ -165,20 +169,33 @@ def merged_predictions(
     finally:
         del model, generate
         devices.free_memory()
-    return answers
+    return answers, ended
 
 
 def reference_score(
     merged: Path, examples: Sequence[TestExample], stop_word: str, tracker: Tracker, check_stop: StopCheck
 ) -> tuple[float | None, dict[str, Any] | None]:
-    """The merged model's chrF on the test split: what the GGUF files are held to."""
+    """The merged model's chrF on the test split and whether it ended each turn: what the GGUFs are held to."""
     if not examples:
         return None, None
     step = tracker.stage("reference", f"answering {len(examples)} test prompts with the merged model")
     prompts = [e.prompt for e in examples]
-    answers = merged_predictions(merged, prompts, stop_word, step, check_stop)
+    answers, ended = merged_predictions(merged, prompts, stop_word, step, check_stop)
     score = chrf(answers, [e.reference for e in examples])
-    return score, {"prompt": prompts[0], "answer": answers[0], "expected": examples[0].reference}
+    sample = {"prompt": prompts[0], "answer": answers[0], "expected": examples[0].reference}
+    return score, {"sample": sample, "ended_turn": ended, "ended_turns": sum(ended)}
+
+
+def write_modelfiles(
+    run: RunFolder, files: dict[str, Path], template: ChatTemplate, merged: Path, num_ctx: int
+) -> None:
+    """An Ollama Modelfile beside each GGUF, stopping at the template's end of turn and the tokenizer's EOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    eos_token = getattr(tokenizer, "tokenizer", tokenizer).eos_token  # a multimodal processor's text tokenizer
+    for path in files.values():
+        write_modelfile(run.modelfile(path), template, path, eos_token=eos_token, num_ctx=num_ctx)
 
 
 def export_gguf(
@@ -186,16 +203,17 @@ def export_gguf(
     run: RunFolder,
     merged: Path,
     examples: Sequence[TestExample],
-    stop_word: str,
+    template: ChatTemplate,
     tracker: Tracker,
     check_stop: StopCheck,
 ) -> GgufExport:
-    """export -> verify -> gate: GGUF files of the merged model, each loaded by llama.cpp and scored against it
-    on the test split (metrics/quantization.json)."""
+    """export -> verify -> gate: GGUF files of the merged model, each with its Ollama Modelfile, loaded by
+    llama.cpp and held to the merged model on the test split (metrics/quantization.json)."""
     save = config.save
     assert run.gguf_dir is not None
     written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
-    reference, reference_sample = reference_score(merged, examples, stop_word, tracker, check_stop)
+    write_modelfiles(run, written, template, merged, config.model.max_seq_length)
+    reference, merged_run = reference_score(merged, examples, template.stop_word, tracker, check_stop)
     checked = verify_ggufs(
         written,
         examples,
@@ -203,11 +221,14 @@ def export_gguf(
         tracker,
         n_ctx=config.model.max_seq_length + EVAL_MAX_NEW_TOKENS,
         check_stop=check_stop,
+        end_of_turn=END_OF_TURN[template.name],
     )
     for item in checked:
-        item["path"] = run.relative(run.gguf_dir / item.pop("file"))
+        path = run.gguf_dir / item.pop("file")
+        item["path"], item["modelfile"] = run.relative(path), run.relative(run.modelfile(path))
     max_drop = config.gates.quantization_max_drop
-    verdicts = judge_files(reference, checked, max_drop, save.max_gguf_bytes)
+    reference_ended = merged_run["ended_turn"] if merged_run else None
+    verdicts = judge_files(reference, checked, max_drop, save.max_gguf_bytes, reference_ended)
     gate = quantization_gate(reference, verdicts, max_drop)
     report = {
         "gate": gate.name.value,
@@ -221,7 +242,7 @@ def export_gguf(
         "test_split": Path(config.evaluation.test_path).as_posix() if examples else None,
         "examples": len(examples),
         "max_new_tokens": EVAL_MAX_NEW_TOKENS,
-        "reference": {"model": "merged", "score": reference, "sample": reference_sample},
+        "reference": {"model": "merged", "score": reference, **(merged_run or {"sample": None})},
     }
     write_json(run.quantization, report)
     result = GgufExport([item["path"] for item in verdicts], gate)

@@ -47,8 +47,8 @@ class ExportJob:
             if save.merged_path:
                 exports["merged"] = save.merged_path
             if save.gguf_types:
-                stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
-                gguf = export.export_gguf(config, run, merged, examples, stop_word, tracker, check_stop)
+                template, check_stop = setup.template, self.reporter.check_stop
+                gguf = export.export_gguf(config, run, merged, examples, template, tracker, check_stop)
                 exports["gguf"], stats["quantization"] = gguf.files, gguf.summary
         finally:
             if not save.merged_path:

@@ -248,8 +248,8 @@ class LoraRecipe:
         self.reporter.phase(JobPhase.exporting)
         tracker = export.Tracker.planned(self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples)
         try:
-            stop_word, check_stop = setup.template.stop_word, self.reporter.check_stop
-            return export.export_gguf(self.config, self.folder, saved.merged, examples, stop_word, tracker, check_stop)
+            template, check_stop = setup.template, self.reporter.check_stop
+            return export.export_gguf(self.config, self.folder, saved.merged, examples, template, tracker, check_stop)
         finally:
             if not save.merged_path:
                 export.remove_tree(saved.merged)

@@ -93,7 +93,7 @@ class JobPage(BaseModel):
 class ArtifactRead(BaseModel):
     name: str = PydanticField(description="Path inside the job's run folder; use it in the download URL.")
     kind: str = PydanticField(
-        description="lora, merged, gguf, checkpoint, log, metrics, release (release.json) or other."
+        description="lora, merged, gguf, modelfile, checkpoint, log, metrics, release (release.json) or other."
     )
     bytes: int
     sha256: str

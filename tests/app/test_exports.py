@@ -111,10 +111,14 @@ def test_files_being_written_are_not_artifacts_yet(
     quantized = settings.runs_dir / job_id / "models" / "quantized"
     quantized.mkdir(parents=True)
     (quantized / "model-Q8_0.gguf").write_bytes(b"GGUF" + bytes(100))
+    (quantized / "model-Q8_0.Modelfile").write_text("FROM ./model-Q8_0.gguf\n")
     (quantized / "model-Q4_K_M.gguf.partial").write_bytes(b"GGUF")
     scratch = settings.runs_dir / job_id / "models" / "merged.partial"
     scratch.mkdir()
     (scratch / "config.json").write_text("{}")
 
     items = client.get(f"/api/training/jobs/{job_id}/artifacts").json()["items"]
-    assert [(a["name"], a["kind"], a["bytes"]) for a in items] == [("models/quantized/model-Q8_0.gguf", "gguf", 104)]
+    assert [(a["name"], a["kind"], a["bytes"]) for a in items] == [
+        ("models/quantized/model-Q8_0.Modelfile", "modelfile", 23),  # Ollama's, beside its GGUF
+        ("models/quantized/model-Q8_0.gguf", "gguf", 104),
+    ]

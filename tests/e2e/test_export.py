@@ -91,12 +91,25 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert gguf["sha256"] == hashlib.sha256(on_disk.read_bytes()).hexdigest()
     head = client.get(f"/api/training/jobs/{job_id}/artifacts/{gguf['name']}", headers={"Range": "bytes=0-3"})
     assert head.status_code == 206 and head.content == b"GGUF"
+    # Ollama's Modelfile beside it: the GGUF, the gemma-3 turns, its stops and the job's sequence length.
+    assert files["models/quantized/model-Q4_K_M.Modelfile"]["kind"] == "modelfile"
+    modelfile = client.get(f"/api/training/jobs/{job_id}/artifacts/models/quantized/model-Q4_K_M.Modelfile").text
+    assert "\nFROM ./model-Q4_K_M.gguf\n" in modelfile
+    assert "<start_of_turn>model\n{{ .Content }}<end_of_turn>" in modelfile
+    assert 'PARAMETER stop "<end_of_turn>"\nPARAMETER stop "<eos>"\n' in modelfile
+    assert modelfile.endswith("PARAMETER num_ctx 256\n")
     report = client.get(f"/api/training/jobs/{job_id}/artifacts/metrics/quantization.json").json()
     assert (report["metric"], report["test_split"], report["examples"]) == ("chrf", "data/splits/test.jsonl", 8)
     assert report["files"][0]["sample"]["prompt"].startswith("<bos><start_of_turn>user\n")
     assert report["files"][0]["sample"]["prompt"].endswith("<end_of_turn>\n<start_of_turn>model\n")
     assert report["reference"]["score"] == reference
-    assert sorted(p.name for p in (run / "models/quantized").iterdir()) == ["model-Q4_K_M.gguf"]  # no f16 left
+    # Whether each answer ended its turn, the merged model's and the file's (a random model's never do).
+    assert len(report["reference"]["ended_turn"]) == len(report["files"][0]["ended_turn"]) == 8
+    assert report["files"][0]["modelfile"] == "models/quantized/model-Q4_K_M.Modelfile"
+    assert sorted(p.name for p in (run / "models/quantized").iterdir()) == [
+        "model-Q4_K_M.Modelfile",
+        "model-Q4_K_M.gguf",  # no f16 left
+    ]
     assert no_partial_files(run)
     # release.json lists every shipped file with the hash the API serves, and the worker's lack of network.
     record = client.get(f"/api/training/jobs/{job_id}/artifacts/release.json").json()
@@ -121,6 +134,7 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert any("merging the LoRA adapters" in (s["phase_detail"] or "") for s in seen)
     exported = artifacts(client, export["id"])
     assert exported["models/quantized/model-Q8_0.gguf"]["kind"] == "gguf"
+    assert exported["models/quantized/model-Q8_0.Modelfile"]["kind"] == "modelfile"
     assert "metrics/quantization.json" in exported and not any(a["kind"] == "merged" for a in exported.values())
     assert export["result"]["exports"] == {"gguf": ["models/quantized/model-Q8_0.gguf"]}
     assert export["result"]["quantization"]["files"][0]["quantization"] == "Q8_0"
@@ -191,8 +205,14 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
     processes: Processes, project: Path, offline: NoNetwork
 ) -> None:
     """The issue's CI check: a short training run of the real Gemma 3 270M, exported to Q8_0 and Q4_K_M on a
-    worker with no network, both loaded by llama.cpp and held to the merged model on the test split."""
+    worker with no network, both loaded by llama.cpp and held to the merged model on the test split, and a copy
+    of Q8_0 with an end-of-turn token that does not stop failing the runtime-parity check."""
     import llama_cpp
+
+    from tests.worker.gguf.broken import end_of_turn_that_does_not_stop
+    from worker.evaluation import read_test_split
+    from worker.export import Tracker
+    from worker.gguf.verify import chrf, judge_files, verify_ggufs
 
     base = processes.api()
     processes.worker(prefix=offline.prefix, **offline.env)
@@ -222,8 +242,13 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
     verdicts = {item["quantization"]: item for item in report["files"]}
     assert set(verdicts) == {"Q8_0", "Q4_K_M"} and report["examples"] == 8
     assert report["reference"]["score"] > 50  # it learned the answers' style
-    # Q8_0 is all but lossless: it must pass; Q4_K_M's numbers are recorded, whatever the verdict.
-    assert verdicts["Q8_0"]["passed"] is True, verdicts["Q8_0"]
+    # Q8_0 is all but lossless in score: within the drop; Q4_K_M's numbers are recorded, whatever the verdict.
+    # Greedy decoding of this small, briefly trained model can still loop after quantization where the merged
+    # model stopped (Q8_0 did on 1 of 7 such prompts here: "GH₵18 ÷ 6 = GH₵18 ÷ 6 = ..."): runtime parity
+    # fails the file for it, and it is the only reason Q8_0 may fail.
+    assert verdicts["Q8_0"]["relative_drop"] <= 0.05, verdicts["Q8_0"]
+    assert len(verdicts["Q8_0"]["rambled"]) <= 2, verdicts["Q8_0"]
+    assert all(r.startswith("rambles past the end of its turn") for r in verdicts["Q8_0"]["reasons"])
     assert verdicts["Q4_K_M"]["loaded"] and verdicts["Q4_K_M"]["score"] is not None
     assert verdicts["Q4_K_M"]["bytes"] < verdicts["Q8_0"]["bytes"]
 
@@ -240,4 +265,20 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
         print("EMBEDDED ANSWER", quantization, json.dumps(answer))
         assert answer and answer == item["sample"]["answer"]  # greedy: what the worker scored
         assert item["sample"]["prompt"].startswith("<bos><start_of_turn>user\n")
+
+    # Runtime parity: the merged model ends its turns within the budget, so must each file. Q8_0 ends nearly all;
+    # the same file with an end-of-turn token that no longer stops (its template's <end_of_turn> is no token of
+    # it) ends none, and fails for every one.
+    ended = report["reference"]["ended_turn"]
+    assert sum(ended) >= 4, ended  # enough ended turns for the check to mean something
+    assert verdicts["Q8_0"]["ended_turns"] >= sum(ended) - len(verdicts["Q8_0"]["rambled"])
+    broken = end_of_turn_that_does_not_stop(run / verdicts["Q8_0"]["path"], project / "broken.gguf", "<end_of_turn>")
+    examples = read_test_split(project / report["test_split"], "expected_terms")[: report["examples"]]
+    stages = Tracker.planned(lambda f, d: None, ["Q8_0"], merging=False, scoring=[])
+    checked = verify_ggufs({"broken": broken}, examples, chrf, stages, n_ctx=320, end_of_turn="<end_of_turn>")
+    (verdict,) = judge_files(report["reference_score"], checked, reference_ended=ended)
+    print("EMBEDDED BROKEN", json.dumps({k: verdict[k] for k in ("ended_turn", "score", "reasons")}))
+    assert verdict["passed"] is False and verdict["rambled"] == [i for i, e in enumerate(ended) if e]
+    (reason,) = [r for r in verdict["reasons"] if r.startswith("rambles past the end of its turn")]
+    assert "without <end_of_turn>" in reason and "is not a token that ends generation in this file" in reason
     assert offline.attempts() == "", offline.attempts()

@@ -46,12 +46,18 @@ def _generate(args: argparse.Namespace) -> None:
 
     # The formatter llama-cpp-python builds from the file's template; kept to show the prompt it renders.
     formatter = Jinja2ChatFormatter(template, eos_token=text_of(llm.token_eos()), bos_token=text_of(llm.token_bos()))
-    predictions, completion_tokens = [], 0
+    # Whether the template's end of turn is one token that ends generation here: else no answer can end on it.
+    end_of_turn = llm.tokenize(args.end_of_turn.encode(), add_bos=False, special=True) if args.end_of_turn else []
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    end_of_turn_stops = len(end_of_turn) == 1 and bool(llama_cpp.llama_vocab_is_eog(vocab, end_of_turn[0]))
+    predictions, ended_turn, completion_tokens = [], [], 0
     for i, messages in enumerate(prompts, start=1):
         out: Any = llm.create_chat_completion(
             messages=messages, max_tokens=args.max_new_tokens, temperature=0.0, repeat_penalty=1.0
         )
         predictions.append((out["choices"][0]["message"]["content"] or "").strip())
+        # "stop": it generated a token that ends generation (end of turn, EOS); "length": cut at max_tokens.
+        ended_turn.append(out["choices"][0]["finish_reason"] == "stop")
         completion_tokens += out["usage"]["completion_tokens"]
         print(f"forge-progress {i}/{len(prompts)}", file=sys.stderr, flush=True)
     generated = time.monotonic()
@@ -59,6 +65,8 @@ def _generate(args: argparse.Namespace) -> None:
         Path(args.result),
         {
             "predictions": predictions,
+            "ended_turn": ended_turn,
+            "end_of_turn_stops": end_of_turn_stops,
             "chat_template": template,
             "prompt": formatter(messages=prompts[0]).prompt,
             "load_seconds": round(loaded - started, 3),
@@ -83,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     g.add_argument("result", help="JSON file written with the answers")
     g.add_argument("--n-ctx", type=int, default=2048)
     g.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS)
+    g.add_argument("--end-of-turn", default="", help="the chat template's end-of-turn token, e.g. <end_of_turn>")
     args = parser.parse_args(argv)
     {"quantize": _quantize, "generate": _generate}[args.command](args)
 

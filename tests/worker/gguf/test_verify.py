@@ -71,3 +71,20 @@ def test_relative_drop() -> None:
 def test_chrf_scores_identical_text_100_and_unrelated_text_low() -> None:
     assert chrf(["The capital is Paris."], ["The capital is Paris."]) == pytest.approx(100.0)
     assert chrf(["zzzz qqqq"], ["The capital is Paris."]) < 10
+
+
+def test_a_file_rambles_only_where_the_merged_model_ended_its_turn() -> None:
+    """Cut at the limit where the merged model was cut too is a long answer, not a rambling file."""
+    ended = {"end_of_turn": "<|im_end|>", "end_of_turn_stops": True, "max_new_tokens": 64}
+    files = [
+        _file("Q8_0", 40.0, ended_turn=[True, False, True], **ended),  # prompt 1: both ran to the limit
+        _file("Q4_K_M", 40.0, ended_turn=[True, False, False], **ended),
+    ]
+    verdicts = judge_files(40.0, files, reference_ended=[True, False, True])
+    assert [(v["passed"], v["rambled"]) for v in verdicts] == [(True, []), (False, [2])]
+    assert verdicts[1]["reasons"] == [
+        "rambles past the end of its turn: 1 of 2 answers the merged model ended within 64 new tokens ran to that "
+        "limit here without <|im_end|> (prompts 2)"
+    ]
+    # No reference turns (no test split): recorded, not judged.
+    assert judge_files(None, files[1:])[0]["rambled"] == []
