@@ -19,7 +19,7 @@ from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import baselines, batch_size, devices, evaluation, export, gates, ranks
+from worker import baselines, batch_size, comparison, devices, evaluation, export, gates, ranks
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
@@ -250,7 +250,8 @@ class LoraRecipe:
     ) -> GatesReport:
         """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
         losses = [float(entry["loss"]) for entry in history if "loss" in entry]
-        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
+        regression = comparison.run(self.config.gates, self.folder, self.spec.accepted_job_id)
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization, regression)
         write_json(self.folder.gates, result.model_dump(mode="json"))
         for gate in result.gates:
             log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
