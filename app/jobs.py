@@ -27,7 +27,7 @@ from app import events, workers
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.wakeup import WAKEUP_CHANNEL, WakeupEvent
 from app.events import EventLevel, EventType
-from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, utcnow
+from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, Promotion, utcnow
 from app.training_config import ExportRequest, TrainingConfig
 
 # Failures after which a job may be resumed from its checkpoint.
@@ -273,6 +273,8 @@ def _claimed_values(worker_id: str, lease_seconds: float) -> dict[str, Any]:
         "started_at": now,
         "updated_at": now,
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        # The accepted model now (the newest promotion): what this attempt's no-regression gate compares with.
+        "accepted_job_id": select(Promotion.job_id).order_by(col(Promotion.id).desc()).limit(1).scalar_subquery(),
     }
 
 

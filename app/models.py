@@ -82,12 +82,14 @@ class JobKind(enum.StrEnum):
 
 
 class GateName(enum.StrEnum):
-    """The spec's gates, plus loss-converged (the spec's "Loss converged (not diverging)" as its own gate)."""
+    """The spec's gates, plus loss-converged (the spec's "Loss converged (not diverging)" as its own gate) and
+    no-regression (no worse than the project's accepted model on the same test split)."""
 
     baseline_established = "baseline-established"
     model_performance = "model-performance"
     loss_converged = "loss-converged"
     quantization_verified = "quantization-verified"
+    no_regression = "no-regression"
 
 
 class GateStatus(enum.StrEnum):
@@ -150,6 +152,8 @@ class Job(SQLModel, table=True):
     error_message: str | None = None
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
+    # The project's accepted model when a worker claimed the job: the no-regression gate compares with it.
+    accepted_job_id: str | None = Field(default=None, max_length=32)
     # The training checkpoint the next attempt resumes from (a folder inside the job's run folder).
     resume_from: str | None = Field(default=None, max_length=512)
     # A retried POST with the same Idempotency-Key returns this job; request_hash tells retries from reuse.
@@ -177,6 +181,19 @@ class WorkerRecord(SQLModel, table=True):
     gpus: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Promotion(SQLModel, table=True):
+    """A training job marked as the project's accepted model, by whom and why. The newest row is the accepted model
+    (one per database, i.e. per FORGE_PROJECT_DIR); older rows are the history."""
+
+    __tablename__ = "promotion"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=32, index=True)
+    promoted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    promoted_by: str | None = Field(default=None, max_length=255)
+    note: str | None = None
 
 
 # ---------------------------------------------------------------- gates and evaluation, kept in a job's result

@@ -537,6 +537,27 @@ class GatesSection(_Section):
         description="quantization-verified (GGUF export): the largest relative drop of `metric` from the merged "
         "model to the GGUF allowed.",
     )
+    max_regression: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="no-regression: the largest relative drop of `metric` from the project's accepted model (POST "
+        "/api/training/jobs/{id}/promote) to this job, on the same test split, allowed.",
+    )
+    right_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="metrics/comparison.json: an answer counts as right when its own `metric` score (token F1, "
+        "chrF or ROUGE-L of that one answer) is at least this; exact match and localization are right or wrong.",
+    )
+    slice_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A test row's tag (e.g. category or source): every answer metric is also reported per tag for "
+        "the baseline, the fine-tuned and the accepted model (metrics/slices.json); null: no slices.",
+        examples=["category"],
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> GatesSection:

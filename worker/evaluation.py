@@ -35,6 +35,7 @@ class TestExample:
     prompt: Conversation  # the turns before the reference answer
     reference: str  # the last assistant turn
     expected_terms: list[str] = field(default_factory=list)
+    tag: str | None = None  # the row's gates.slice_field value, when slices are asked for
 
     @property
     def conversation(self) -> Conversation:
@@ -52,8 +53,10 @@ def load_glossary(path: Path) -> list[str]:
     return [t.strip() for t in terms]
 
 
-def read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], list[str]]]:
-    """Each row's turns (any format the datasets accept, told row by row) and its own expected terms."""
+def read_rows(
+    path: Path, terms_field: str, slice_field: str | None = None
+) -> list[tuple[list[dict[str, str]], list[str], str | None]]:
+    """Each row's turns (any format the datasets accept, told row by row), its own expected terms and its tag."""
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -70,19 +73,25 @@ def read_rows(path: Path, terms_field: str) -> list[tuple[list[dict[str, str]], 
             value = raw.get(terms_field, [])
             if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
                 raise DataError(f"{path.name}:{number}: {terms_field} must be a list of non-empty strings")
-            rows.append((converted.turns, [t.strip() for t in value]))
+            tag = raw.get(slice_field) if slice_field else None
+            if isinstance(tag, dict | list):
+                raise DataError(f"{path.name}:{number}: {slice_field} (gates.slice_field) must be a string or a number")
+            rows.append((converted.turns, [t.strip() for t in value], None if tag is None else str(tag)))
     if not rows:
         raise DataError(f"{path} has no rows to evaluate on")
     return rows
 
 
-def read_test_split(path: Path, terms_field: str, glossary: Sequence[str] = ()) -> list[TestExample]:
-    """Every example of the test split: prompt, reference answer (the last assistant turn) and expected local terms."""
+def read_test_split(
+    path: Path, terms_field: str, glossary: Sequence[str] = (), slice_field: str | None = None
+) -> list[TestExample]:
+    """Every example of the test split: prompt, reference answer (the last assistant turn), expected local terms and
+    its tag (slice_field)."""
     examples = []
-    for turns, own_terms in read_rows(path, terms_field):
+    for turns, own_terms, tag in read_rows(path, terms_field, slice_field):
         last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
         reference = turns[last]["content"]
-        examples.append(TestExample(turns[:last], reference, expected_terms(reference, glossary, own_terms)))
+        examples.append(TestExample(turns[:last], reference, expected_terms(reference, glossary, own_terms), tag))
     return examples
 
 
@@ -117,9 +126,32 @@ def score(
     metrics, per_answer = score_answers(answers, [e.reference for e in examples], [e.expected_terms for e in examples])
     samples = [
         {"index": i, "prompt": example.prompt, "reference": example.reference, "answer": answer, **scores}
+        | ({"slice": example.tag} if example.tag is not None else {})
         for i, (example, answer, scores) in enumerate(zip(examples, answers, per_answer, strict=True))
     ]
     return metrics, samples
+
+
+UNTAGGED = "(none)"  # the slice of the test rows without a gates.slice_field value
+
+
+def slice_metrics(rows: Sequence[dict[str, Any]], tags: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """Each slice's answer metrics, computed on its own rows exactly as the whole split's are (score_answers);
+    `tags` maps a sample's index to its slice. test_loss and perplexity need the model: whole split only."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tags.get(row["index"], UNTAGGED), []).append(row)
+    return {
+        tag: {
+            "examples": len(group),
+            **score_answers(
+                [r["answer"] for r in group],
+                [r["reference"] for r in group],
+                [r.get("expected_terms", []) for r in group],
+            )[0],
+        }
+        for tag, group in sorted(groups.items())
+    }
 
 
 # ------------------------------------------------------------------------------------------ with a model

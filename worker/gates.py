@@ -165,7 +165,10 @@ def run_all(
     evaluation: dict[str, Any] | None,
     losses: Sequence[float],
     quantization: GateResult | None = None,
+    regression: GateResult | None = None,
 ) -> GatesReport:
+    """Every gate; `quantization` comes from the GGUF export, `regression` from the comparison with the accepted
+    model (worker/comparison.py): each did not run when not given."""
     return report(
         gates,
         [
@@ -173,5 +176,6 @@ def run_all(
             model_performance(baseline, evaluation, gates),
             loss_converged(losses, gates),
             quantization_verified(quantization),
+            regression or _result(GateName.no_regression, GateStatus.not_run, "not compared with an accepted model"),
         ],
     )

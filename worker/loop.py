@@ -164,12 +164,8 @@ class Worker:
             )
             self._finish(job, Ending(Failed(code=code, message=message)), None)
             return None
-        log.info(
-            "job %s: claimed (attempt %d)%s",
-            job.id,
-            job.attempt,
-            f", resuming from {job.resume_from}" if job.resume_from else "",
-        )
+        resuming = f", resuming from {job.resume_from}" if job.resume_from else ""
+        log.info("job %s: claimed (attempt %d)%s", job.id, job.attempt, resuming)
         self._write_status()
         spec = JobSpec(
             job_id=job.id,
@@ -181,6 +177,7 @@ class Worker:
             kind=job.kind.value,
             source_run_dir=str(self.settings.runs_dir / job.source_job_id) if job.source_job_id else None,
             model_dirs=[str(d) for d in self.settings.model_dirs],
+            accepted_job_id=job.accepted_job_id,
             claimed_at=time.time(),
         )
         child = self.processes.for_job(job, spec)

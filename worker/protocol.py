@@ -35,6 +35,7 @@ class JobSpec:
     kind: str = JobKind.training.value
     source_run_dir: str | None = None  # an export job's source: the training job's run folder
     model_dirs: list[str] = field(default_factory=list)  # FORGE_MODEL_DIRS, where a model folder may be
+    accepted_job_id: str | None = None  # the project's accepted model at the claim: no-regression compares with it
     claimed_at: float | None = None  # the worker's claim (wall time): the `starting` phase ends at the first phase
 
 

@@ -19,7 +19,7 @@ from app.files import write_json
 from app.models import GateResult, GatesReport, GateStatus, JobPhase
 from app.run_folder import RunFolder, Stage
 from app.training_config import EMBEDDED_MODEL, TrainingConfig
-from worker import baselines, batch_size, devices, evaluation, export, gates, ranks, release, warm_model
+from worker import baselines, batch_size, comparison, devices, evaluation, export, gates, ranks, release, warm_model
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
 from worker.data import prepare
@@ -259,7 +259,8 @@ class LoraRecipe:
     ) -> GatesReport:
         """The spec's gates; `quantization` is the GGUF export's quantization-verified result, if it ran."""
         losses = [float(entry["loss"]) for entry in history if "loss" in entry]
-        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization)
+        regression = comparison.run(self.config.gates, self.folder, self.spec.accepted_job_id)
+        result = gates.run_all(self.config.gates, baseline, evaluated, losses, quantization, regression)
         write_json(self.folder.gates, result.model_dump(mode="json"))
         for gate in result.gates:
             log.info("gate %s: %s (%s)", gate.name.value, gate.status.value, gate.message)
@@ -330,12 +331,11 @@ class LoraRecipe:
         self, result: JobResult, saved: Saved, gguf: GgufExport | None, report: GatesReport, started: float
     ) -> JobResult:
         """The result and, for a job that succeeds, its release record written; a failed required gate fails the job."""
-        exports = saved.exports
         update: dict[str, Any] = {}
         if gguf is not None:
-            exports["gguf"], update["quantization"] = gguf.files, gguf.summary
-        update.update(exports=exports, wall_seconds=round(time.monotonic() - started, 3))
-        update["phase_seconds"] = self.reporter.phase_seconds(self.spec.claimed_at)
+            saved.exports["gguf"], update["quantization"] = gguf.files, gguf.summary
+        phases = self.reporter.phase_seconds(self.spec.claimed_at)
+        update.update(exports=saved.exports, wall_seconds=round(time.monotonic() - started, 3), phase_seconds=phases)
         result = result.model_copy(update={**update, **self.reporter.partial})
         stats = result.as_stats()
         write_json(self.folder.training_stats, stats)

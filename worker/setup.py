@@ -44,6 +44,7 @@ class Setup:
         settings = self.config.evaluation
         scored = settings.baseline or settings.evaluate
         glossary = evaluation.load_glossary(self.resolved.glossary) if scored and self.resolved.glossary else []
-        examples = evaluation.read_test_split(self.resolved.test, settings.terms_field, glossary)
+        slice_field = self.config.gates.slice_field
+        examples = evaluation.read_test_split(self.resolved.test, settings.terms_field, glossary, slice_field)
         log.info("test set: %d examples from %s", len(examples), settings.test_path)
         return examples

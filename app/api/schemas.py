@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 
-from app.models import EvaluationProgress, GatesReport, Job, JobKind, JobPhase, JobStatus, evaluation_of
+from app.models import EvaluationProgress, GatesReport, Job, JobKind, JobPhase, JobStatus, Promotion, evaluation_of
 
 
 class ErrorDetail(BaseModel):
@@ -56,6 +56,9 @@ class JobRead(BaseModel):
     worker_id: str | None
     attempt: int = PydanticField(description="How many times a worker has started this job (resumes count).")
     resume_from: str | None = PydanticField(description="Checkpoint the next attempt resumes from, if any.")
+    accepted_job_id: str | None = PydanticField(
+        default=None, description="The project's accepted model when the job started: what no-regression compared."
+    )
     step: int
     total_steps: int | None
     epoch: float = PydanticField(description="Fractional epochs done, e.g. 1.35.")
@@ -122,3 +125,39 @@ class WorkerRead(BaseModel):
 
 class WorkerList(BaseModel):
     items: list[WorkerRead]
+
+
+class PromoteRequest(BaseModel):
+    """Why a job is promoted, and by whom: kept with the promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = PydanticField(default=None, max_length=4000, description="Why this model is accepted.")
+    by: str | None = PydanticField(default=None, min_length=1, max_length=255, description="Who promotes it.")
+
+
+class AcceptedModel(BaseModel):
+    """The project's accepted model: the promoted job, who promoted it, when and why, and how it scored."""
+
+    job_id: str
+    promoted_at: datetime
+    promoted_by: str | None
+    note: str | None
+    metrics: dict[str, Any] | None = PydanticField(
+        description="The job's evaluate metrics on its test split (metrics/evaluation.json), what new jobs must not "
+        "fall below by more than gates.max_regression."
+    )
+    gates: GatesReport | None = PydanticField(description="The job's gates.")
+
+    @classmethod
+    def of(cls, promotion: Promotion, job: Job) -> AcceptedModel:
+        evaluation = (job.result or {}).get("evaluation")
+        metrics = evaluation.get("metrics") if isinstance(evaluation, dict) else None
+        return cls(
+            job_id=promotion.job_id,
+            promoted_at=promotion.promoted_at,
+            promoted_by=promotion.promoted_by,
+            note=promotion.note,
+            metrics=metrics,
+            gates=evaluation_of(job)[0],
+        )

@@ -257,7 +257,9 @@ def test_every_api_route_needs_the_token(settings: Settings) -> None:
     settings.api_token = SecretStr("s3cret-token")
     app = create_app(settings)
     operations = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
-    assert len(operations) == 28  # with GET /api/training/workers and POST .../reverify
+    assert (
+        len(operations) == 30
+    )  # with GET /api/training/workers, POST .../reverify, POST .../promote, GET .../accepted
     with TestClient(app) as client:
         for method, template in operations:
             path = template.replace("{job_id}", "abc").replace("{path}", "x.json").replace("{file_id}", "file-x")
@@ -294,6 +296,8 @@ def test_openapi_documents_every_route_with_models(client: TestClient) -> None:
         "/api/training/jobs/{job_id}/events/stream",
         "/api/training/jobs/{job_id}/checkpoints",
         "/api/training/jobs/{job_id}/reverify",
+        "/api/training/jobs/{job_id}/promote",
+        "/api/training/accepted",
         "/v1/files",
         "/v1/files/{file_id}",
         "/v1/fine_tuning/jobs",

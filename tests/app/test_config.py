@@ -45,6 +45,9 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "loss_min_decrease": 0.1,
         "loss_max_rebound": 0.5,
         "quantization_max_drop": 0.05,
+        "max_regression": 0.02,
+        "right_threshold": 0.5,
+        "slice_field": None,
     }
     assert defaults["model"]["name"] == EMBEDDED_MODEL
 

@@ -64,7 +64,13 @@ def check_files_agree(run: Path, job: dict[str, Any], status: dict[str, Any], ex
     assert isinstance(inference[0]["answer"], str)
 
     by_name = {gate["name"]: gate for gate in gates["gates"]}
-    assert list(by_name) == ["baseline-established", "model-performance", "loss-converged", "quantization-verified"]
+    assert list(by_name) == [
+        "baseline-established",
+        "model-performance",
+        "loss-converged",
+        "quantization-verified",
+        "no-regression",
+    ]
     performance = by_name["model-performance"]["details"]
     assert performance["baseline"] == baseline["metrics"]["token_f1"]
     assert performance["fine_tuned"] == evaluation["metrics"]["token_f1"]

@@ -180,3 +180,31 @@ def test_test_examples_stop_before_the_last_answer(tmp_path: Path) -> None:
         (4, "Capital of France?", "Paris"),
     ]
     assert len(evaluation.load_test_set(path, EvaluationSection(max_examples=1))) == 1
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+def test_a_tagged_test_split_is_scored_per_slice_as_the_whole_split_is(tmp_path: Path) -> None:
+    tagged = [ROWS[0] | {"category": "money"}, ROWS[1] | {"category": 7}, ROWS[2]]
+    examples = evaluation.read_test_split(write_jsonl(tmp_path / "t.jsonl", tagged), "expected_terms", (), "category")
+    assert [e.tag for e in examples] == ["money", "7", None]
+    answers = ["Kofi pays 2 × GH₵1 = GH₵2.", "It is in Ghana.", "9"]
+    metrics, samples = evaluation.score(examples, lambda prompts: answers[: len(prompts)], batch_size=8)
+    assert [s.get("slice") for s in samples] == ["money", "7", None]
+
+    tags = {s["index"]: s["slice"] for s in samples if "slice" in s}
+    slices = evaluation.slice_metrics(samples, tags)
+    assert list(slices) == ["(none)", "7", "money"]
+    assert slices["money"]["examples"] == 1 and slices["money"]["exact_match"] == 1.0
+    assert slices["7"]["exact_match"] == 0.0 and slices["7"]["localization_score"] == 1.0  # "Ghana" is used
+    assert slices["(none)"]["token_f1"] == 0.0 and slices["(none)"]["localization_score"] is None
+    # One slice holding every row is the whole split, to the digit (chrF is corpus-level, not a mean).
+    whole = evaluation.slice_metrics(samples, {})["(none)"]
+    assert {k: v for k, v in whole.items() if k != "examples"} == metrics
+
+
+def test_a_tag_that_is_not_a_scalar_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [ROWS[2], ROWS[2] | {"category": ["a"]}])
+    with pytest.raises(DataError, match=r"t.jsonl:2: category \(gates.slice_field\)"):
+        evaluation.read_test_split(path, "expected_terms", (), "category")

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import artifacts, jobs, release
+from app import artifacts, jobs, promotions, release
 from app import status as training_status
 from app.api.deps import SessionDep, SettingsDep, StatusCacheDep, error_responses, require_token, resolve_and_validate
-from app.api.schemas import ArtifactList, JobPage, JobRead
+from app.api.schemas import AcceptedModel, ArtifactList, JobPage, JobRead, PromoteRequest
 from app.api.yaml_body import YAMLBodyRoute
 from app.core.errors import Conflict
 from app.models import ACTIVE_STATUSES, Job, JobStatus
@@ -165,6 +165,32 @@ def export_job(
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return JobRead.from_job(job)
+
+
+@router.post(
+    "/jobs/{job_id}/promote",
+    response_model=AcceptedModel,
+    summary="Make a succeeded job the project's accepted model",
+    responses=NOT_FOUND | error_responses(e409="The job has not succeeded, failed a gate, or is an export job"),
+)
+def promote_job(
+    job_id: str, session: SessionDep, request: Annotated[PromoteRequest | None, Body()] = None
+) -> AcceptedModel:
+    """Later jobs compare themselves with it on the same test split (the `no-regression` gate). A job that failed
+    any gate is refused with 409 `gate_failed`, naming the gate."""
+    request = request or PromoteRequest()
+    promotion = promotions.promote(session, job_id, by=request.by, note=request.note)
+    return AcceptedModel.of(promotion, jobs.get(session, job_id))
+
+
+@router.get(
+    "/accepted",
+    response_model=AcceptedModel,
+    summary="The project's accepted model",
+    responses=error_responses(e404="No job was promoted yet"),
+)
+def get_accepted(session: SessionDep) -> AcceptedModel:
+    return AcceptedModel.of(*promotions.accepted(session))
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, summary="A job's files", responses=NOT_FOUND)
