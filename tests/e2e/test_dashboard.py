@@ -229,14 +229,19 @@ def test_live_curve_then_results_of_the_finished_job(service: Service, browser: 
 
     wait_for(lambda: _text(browser, "#job-status") == "succeeded", 300, "the job to finish on the page")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#metrics tr[data-metric]"), 30, "the metrics table")
-    metrics = {
-        row.get_attribute("data-metric"): row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")
-    }
+    # Read in one script: the page may render the tables again as the last events arrive (elements go stale).
+    metrics = dict(
+        browser.execute_script(
+            "return [...document.querySelectorAll('#metrics tr')].map(r => [r.dataset.metric, r.innerText])"
+        )
+    )
     assert {"token_f1", "exact_match", "test_loss"} <= set(metrics)
-    gates = browser.find_elements(By.CSS_SELECTOR, "#gates li[data-gate]")
-    names = [g.get_attribute("data-gate") for g in gates]
-    assert {"baseline-established", "model-performance", "loss-converged"} <= set(names)
-    assert all(g.find_element(By.CSS_SELECTOR, ".reason").text for g in gates), "every gate says why"
+    gates = browser.execute_script(
+        "return [...document.querySelectorAll('#gates li[data-gate]')]"
+        ".map(g => [g.dataset.gate, (g.querySelector('.reason') || {}).innerText || ''])"
+    )
+    assert {"baseline-established", "model-performance", "loss-converged"} <= {name for name, _ in gates}
+    assert all(reason for _, reason in gates), "every gate says why"
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#artifacts a.download")]
     assert any(h.endswith("/artifacts/metrics/gates.json") for h in links), links
     assert httpx.get(links[0], timeout=30).status_code == 200

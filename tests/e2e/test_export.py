@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.release import RELEASED_KINDS
 from tests.conftest import ROOT, tiny_config
 from tests.e2e.conftest import Processes, wait_for
 from tests.offline import NoNetwork
@@ -114,7 +115,7 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     # release.json lists every shipped file with the hash the API serves, and the worker's lack of network.
     record = client.get(f"/api/training/jobs/{job_id}/artifacts/release.json").json()
     assert files["release.json"]["kind"] == "release"
-    shipped = {name: a["sha256"] for name, a in files.items() if a["kind"] in ("lora", "merged", "gguf", "metrics")}
+    shipped = {name: a["sha256"] for name, a in files.items() if a["kind"] in RELEASED_KINDS}
     assert {item["path"]: item["sha256"] for item in record["artifacts"]} == shipped
     assert {role: item["sha256"] for role, item in record["datasets"].items()} == {
         role: hashlib.sha256((project / f"data/splits/{role}.jsonl").read_bytes()).hexdigest()
