@@ -98,10 +98,10 @@ def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def _text(browser: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
 
-    found = browser.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    # One script, so an element the page renders again meanwhile cannot go stale between finding and reading it.
+    text = browser.execute_script(f"const e = document.querySelector({css!r}); return e ? e.innerText : ''")
+    return str(text).strip()
 
 
 def _points(browser: Any) -> int:
@@ -242,7 +242,7 @@ def test_live_curve_then_results_of_the_finished_job(service: Service, browser: 
     )
     assert {"baseline-established", "model-performance", "loss-converged"} <= {name for name, _ in gates}
     assert all(reason for _, reason in gates), "every gate says why"
-    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#artifacts a.download")]
+    links = browser.execute_script("return [...document.querySelectorAll('#artifacts a.download')].map(a => a.href)")
     assert any(h.endswith("/artifacts/metrics/gates.json") for h in links), links
     assert httpx.get(links[0], timeout=30).status_code == 200
     wait_for(lambda: "training" in _text(browser, "#log"), 30, "the log tail")
