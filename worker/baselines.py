@@ -73,6 +73,11 @@ def key(config: TrainingConfig, backend: str, model_path: str, template: str, ex
         "seed": config.training.seed if settings.do_sample else None,
         "versions": _versions(),
     }
+    return digest(parts)
+
+
+def digest(parts: dict[str, Any]) -> str:
+    """A short, stable key for what `parts` holds (also the warm model's: worker/warm_model.py)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -12,8 +12,6 @@ changes the base and is never kept), and the export reads the adapters from thei
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ def key(config: TrainingConfig, backend: str, model_path: str, template: str) ->
         "model_files": baselines.model_fingerprint(model_path),
         "template": template,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return baselines.digest(parts)
 
 
 def take(digest: str | None) -> Kept | None:
