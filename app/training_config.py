@@ -461,7 +461,11 @@ class EvaluationSection(_Section):
     max_examples: int | None = Field(
         default=None, ge=1, description="Score only the first N test examples; null scores them all."
     )
-    batch_size: int = Field(default=8, ge=1, le=1024, description="Prompts generated (and scored for loss) at once.")
+    batch_size: CountOrAuto = Field(
+        default=AUTO,
+        description='Prompts answered at once, longest first (and scored for loss); "auto": 64 on a GPU, where each '
+        "batch also keeps one of a few shapes so compiled models compile once, 8 on a CPU (the loss: at most 8).",
+    )
     max_new_tokens: int = Field(default=128, ge=1, le=8192, description="Longest answer generated per prompt.")
     do_sample: bool = Field(
         default=False,

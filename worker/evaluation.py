@@ -21,6 +21,7 @@ from app.datasets.encoding import IGNORE, Markers, encode
 from app.datasets.formats import RowProblem, check_order, convert, detect
 from app.datasets.templates import ChatTemplate
 from app.training_config import PERPLEXITY, TEST_LOSS, EvaluationSection, TrainingConfig
+from worker import generation
 from worker.data import DataError
 from worker.metrics import expected_terms, score_answers
 
@@ -114,15 +115,22 @@ def score(
     *,
     batch_size: int,
     progress: Progress | None = None,
+    order: Sequence[int] | None = None,
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    """Generate an answer to each example and score them: the metrics and one sample row per example."""
-    answers: list[str] = []
-    for batch in batches(examples, batch_size):
-        answers += generate([example.prompt for example in batch])
+    """Generate an answer to each example and score them: the metrics and one sample row per example, in the
+    examples' order. `order`: the order they are answered in (generation.by_length), batch by batch."""
+    order = list(range(len(examples))) if order is None else list(order)
+    answered: dict[int, str] = {}
+    for batch in batches(order, batch_size):
+        answers = generate([examples[i].prompt for i in batch])
+        if len(answers) != len(batch):
+            raise RuntimeError(f"generate returned {len(answers)} answers for {len(batch)} prompts")
+        answered.update(zip(batch, answers, strict=True))
         if progress:
-            progress(len(answers), len(examples))
-    if len(answers) != len(examples):
-        raise RuntimeError(f"generate returned {len(answers)} answers for {len(examples)} prompts")
+            progress(len(answered), len(examples))
+    if len(answered) != len(examples):
+        raise RuntimeError(f"{len(answered)} answers for {len(examples)} prompts: `order` must list each once")
+    answers = [answered[i] for i in range(len(examples))]
     metrics, per_answer = score_answers(answers, [e.reference for e in examples], [e.expected_terms for e in examples])
     samples = [
         {"index": i, "prompt": example.prompt, "reference": example.reference, "answer": answer, **scores}
@@ -157,78 +165,19 @@ def slice_metrics(rows: Sequence[dict[str, Any]], tags: dict[int, str]) -> dict[
 # ------------------------------------------------------------------------------------------ with a model
 
 
-def _text_tokenizer(tokenizer: Any) -> Any:
-    # A multimodal processor (Unsloth's Gemma 3 4B) carries its text tokenizer inside.
-    return getattr(tokenizer, "tokenizer", tokenizer)
-
-
-def stop_ids(tokenizer: Any, stop_word: str) -> list[int]:
-    """The ids that end an answer: the EOS, and the template's end of turn (<end_of_turn>, <|eot_id|>, <|im_end|>)."""
-    text = _text_tokenizer(tokenizer)
-    stops = [text.eos_token_id]
-    end_of_turn = text.convert_tokens_to_ids(stop_word)
-    if isinstance(end_of_turn, int) and end_of_turn != text.unk_token_id and end_of_turn not in stops:
-        stops.append(end_of_turn)
-    return [i for i in stops if i is not None]
-
-
-def generator(
-    model: Any,
-    tokenizer: Any,
-    *,
-    max_new_tokens: int,
-    stop_ids: Sequence[int],
-    sampling: dict[str, Any] | None = None,
-    seed: int = 0,
-    ended: list[bool] | None = None,
-) -> Generate:
-    """Batched generation with the tokenizer's chat template: greedy, or sampled with `sampling` (temperature,
-    top_p, top_k; reseeded with `seed` before each batch). The one generation loop of the worker: the
-    evaluation steps and the export's merged-model reference answers both use it. With `ended`, each answer
-    appends to it whether it stopped on a stop id (True) or was cut at max_new_tokens (False)."""
-    import torch
-    from transformers import GenerationConfig
-
-    text = _text_tokenizer(tokenizer)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling is not None,
-        eos_token_id=list(stop_ids),
-        pad_token_id=text.pad_token_id if text.pad_token_id is not None else text.eos_token_id,
-        **(sampling or {}),
-    )
-    device = next(model.parameters()).device
-
-    def generate(prompts: list[Conversation]) -> list[str]:
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        side, text.padding_side = text.padding_side, "left"  # a batch's answers all start at the same column
-        try:
-            encoded = text(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        finally:
-            text.padding_side = side
-        if sampling is not None:
-            torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = model.generate(**encoded, generation_config=config)
-        new = output[:, encoded["input_ids"].shape[1] :]
-        if ended is not None:
-            stops = torch.tensor(list(stop_ids), device=new.device)
-            ended.extend(bool(row) for row in torch.isin(new, stops).any(dim=1).tolist())
-        return [text.decode(row, skip_special_tokens=True).strip() for row in new]
-
-    return generate
-
-
-def model_generate(model: Any, tokenizer: Any, settings: EvaluationSection, stop_word: str, seed: int) -> Generate:
+def model_generator(
+    model: Any, tokenizer: Any, settings: EvaluationSection, stop_word: str, seed: int, rows: int
+) -> generation.Generator:
     """The evaluation steps' generation: settings.max_new_tokens, greedy unless settings.do_sample."""
     sampling = (
         {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
         if settings.do_sample
         else None
     )
-    stops = stop_ids(tokenizer, stop_word)
-    return generator(
-        model, tokenizer, max_new_tokens=settings.max_new_tokens, stop_ids=stops, sampling=sampling, seed=seed
+    stops = generation.stop_ids(tokenizer, stop_word)
+    budget = settings.max_new_tokens
+    return generation.Generator(
+        model, tokenizer, max_new_tokens=budget, stop_ids=stops, sampling=sampling, seed=seed, rows=rows
     )
 
 
@@ -244,7 +193,7 @@ def answer_loss(
     """Mean cross-entropy per reference-answer token (the tokens training learns from) and its perplexity."""
     import torch
 
-    text = _text_tokenizer(tokenizer)
+    text = generation.text_tokenizer(tokenizer)
     markers = Markers.of(text, template)
     rows = []
     for example in examples:
@@ -295,19 +244,26 @@ def score_stage(
     """The model (ready for inference) on the test split: answer loss, generated answers and their metrics."""
     settings = config.evaluation
     started = time.monotonic()
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    largest = generation.resolved_batch(settings.batch_size, on_gpu)
     loss = answer_loss(
         model,
         tokenizer,
         examples,
         template=template,
         max_length=config.model.max_seq_length,
-        batch_size=settings.batch_size,
+        batch_size=largest if isinstance(settings.batch_size, int) else min(largest, generation.LOSS_BATCH),
     )
-    generate = model_generate(model, tokenizer, settings, template.stop_word, config.training.seed)
-    metrics, samples = score(examples, generate, batch_size=settings.batch_size, progress=progress)
+    rows = generation.batch_rows(len(examples), largest)
+    generate = model_generator(model, tokenizer, settings, template.stop_word, config.training.seed, rows)
+    order = generation.by_length(generate.lengths([e.prompt for e in examples]))
+    metrics, samples = score(examples, generate, batch_size=rows, progress=progress, order=order)
+    for i, ended in zip(order, generate.ended, strict=True):
+        samples[i]["ended_turn"] = ended
+    decoding = generate.throughput()
     prompts = settings.inference_prompts if stage == "evaluate" else []
     asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    answers = generate(asked) if asked else []
+    answers = [a for batch in batches(asked, rows) for a in generate(list(batch))]
     report = {
         "stage": stage,
         "model": config.model.name + (" + LoRA (fine-tuned)" if stage == "evaluate" else " (base)"),
@@ -316,6 +272,7 @@ def score_stage(
         "metrics": {"test_loss": loss["test_loss"], "perplexity": loss["perplexity"], **metrics},
         "answer_tokens": loss["answer_tokens"],
         "generation": settings.model_dump(include={"max_new_tokens", "do_sample", "temperature", "top_p", "top_k"}),
+        "decoding": decoding,
         "seconds": round(time.monotonic() - started, 3),
     }
     inference = [{"index": i, "prompt": p, "answer": a} for i, (p, a) in enumerate(zip(asked, answers, strict=True))]

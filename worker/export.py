@@ -1,5 +1,6 @@
 """The spec's export step: the LoRA adapters merged into a 16-bit base, then GGUF files written, verified in
-llama.cpp against the merged model, and gated (`quantization-verified`). The stages are in worker/gguf/;
+llama.cpp against the fine-tuned model (the evaluate step's answers when the job has them, else the merged
+model's), and gated (`quantization-verified`). The stages are in worker/gguf/;
 this module runs them in order, with one progress line over them all."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from app.files import write_json
 from app.models import GateResult
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
-from worker import devices, evaluation
+from worker import devices, evaluation, generation
 from worker.evaluation import Conversation, TestExample
 from worker.gguf import (
     CONVERTER_TYPES,
@@ -144,11 +145,8 @@ def merged_predictions(
     check_stop: StopCheck = never_stop,
 ) -> tuple[list[str], list[bool]]:
     """Greedy answers of the merged model (transformers) to the test prompts, and whether each ended its turn
-    within the token budget: the reference each GGUF is held to.
-
-    Answered again here rather than taken from the evaluate step: the same prompts, token budget and greedy
-    decoding as the GGUF checks, so the comparison is like for like.
-    """
+    within the token budget: the reference each GGUF is held to when the evaluate step did not answer them (an
+    export job, sampled evaluation, evaluation off)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,33 +155,82 @@ def merged_predictions(
     model: Any = AutoModelForCausalLM.from_pretrained(merged, dtype=devices.compute_dtype())
     model.to(device).eval()
     # Stop where llama.cpp stops: at the end of the model's turn as well as at <eos>.
-    stops = evaluation.stop_ids(tokenizer, stop_word)
-    ended: list[bool] = []
-    generate = evaluation.generator(model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, stop_ids=stops, ended=ended)
+    stops = generation.stop_ids(tokenizer, stop_word)
+    rows = generation.batch_rows(len(prompts), REFERENCE_BATCH)
+    generate = generation.Generator(model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, stop_ids=stops, rows=rows)
     answers: list[str] = []
     try:
-        for batch in evaluation.batches(prompts, REFERENCE_BATCH):
+        for batch in evaluation.batches(prompts, rows):
             check_stop()
             answers += generate(list(batch))
             progress(len(answers) / len(prompts))
+        return answers, generate.ended
     finally:
         del model, generate
         devices.free_memory()
-    return answers, ended
 
 
-def reference_score(
-    merged: Path, examples: Sequence[TestExample], stop_word: str, tracker: Tracker, check_stop: StopCheck
-) -> tuple[float | None, dict[str, Any] | None]:
-    """The merged model's chrF on the test split and whether it ended each turn: what the GGUFs are held to."""
+@dataclass
+class Reference:
+    """What each GGUF is held to: the fine-tuned model's greedy answers to the test prompts and whether each ended
+    its turn within `max_new_tokens`; `model` says which model answered (the evaluate step's, or the merged one)."""
+
+    examples: Sequence[TestExample]
+    answers: list[str]
+    ended: list[bool]
+    max_new_tokens: int
+    model: str
+
+    def report(self) -> tuple[float, dict[str, Any]]:
+        score = chrf(self.answers, [e.reference for e in self.examples])
+        first = {"prompt": self.examples[0].prompt, "answer": self.answers[0], "expected": self.examples[0].reference}
+        return score, {"sample": first, "ended_turn": self.ended, "ended_turns": sum(self.ended)}
+
+
+def evaluated_reference(config: TrainingConfig, run: RunFolder, examples: Sequence[TestExample]) -> Reference | None:
+    """The evaluate step's greedy answers to the first test prompts (metrics/samples.jsonl), when it wrote them:
+    the same model, prompts and decoding the GGUF check needs, so the merged model need not answer them again."""
+    if config.evaluation.do_sample or not config.evaluation.evaluate or not run.samples.is_file():
+        return None
+    lines = run.samples.read_text(encoding="utf-8").splitlines()
+    rows = {r["index"]: r for r in map(json.loads, filter(str.strip, lines)) if r.get("stage") == "evaluate"}
+    count = 0  # the leading test prompts the evaluate step answered, as the GGUF check asks them
+    while count < len(examples) and rows.get(count, {}).get("prompt") == examples[count].prompt:
+        if "ended_turn" not in rows[count]:
+            break
+        count += 1
+    if not count:
+        return None
+    answered = [rows[i] for i in range(count)]
+    return Reference(
+        examples[:count],
+        [r["answer"] for r in answered],
+        [bool(r["ended_turn"]) for r in answered],
+        config.evaluation.max_new_tokens,
+        "fine-tuned (the evaluate step's answers)",
+    )
+
+
+def reference_answers(
+    config: TrainingConfig,
+    run: RunFolder,
+    merged: Path,
+    examples: Sequence[TestExample],
+    stop_word: str,
+    tracker: Tracker,
+    check_stop: StopCheck,
+) -> Reference | None:
+    """The evaluate step's answers when the job has them, else the merged model's (None: no test split)."""
     if not examples:
-        return None, None
+        return None
+    reused = evaluated_reference(config, run, examples)
+    if reused is not None:
+        tracker.stage("reference", f"holding the GGUF files to the evaluate step's {len(reused.answers)} answers")
+        return reused
     step = tracker.stage("reference", f"answering {len(examples)} test prompts with the merged model")
     prompts = [e.prompt for e in examples]
     answers, ended = merged_predictions(merged, prompts, stop_word, step, check_stop)
-    score = chrf(answers, [e.reference for e in examples])
-    sample = {"prompt": prompts[0], "answer": answers[0], "expected": examples[0].reference}
-    return score, {"sample": sample, "ended_turn": ended, "ended_turns": sum(ended)}
+    return Reference(examples, answers, ended, EVAL_MAX_NEW_TOKENS, "merged")
 
 
 def write_modelfiles(
@@ -213,13 +260,17 @@ def export_gguf(
     assert run.gguf_dir is not None
     written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
     write_modelfiles(run, written, template, merged, config.model.max_seq_length)
-    reference, merged_run = reference_score(merged, examples, template.stop_word, tracker, check_stop)
+    held_to = reference_answers(config, run, merged, examples, template.stop_word, tracker, check_stop)
+    examples = held_to.examples if held_to else []
+    max_new_tokens = held_to.max_new_tokens if held_to else EVAL_MAX_NEW_TOKENS
+    reference, merged_run = held_to.report() if held_to else (None, None)
     checked = verify_ggufs(
         written,
         examples,
         chrf,
         tracker,
-        n_ctx=config.model.max_seq_length + EVAL_MAX_NEW_TOKENS,
+        n_ctx=config.model.max_seq_length + max_new_tokens,
+        max_new_tokens=max_new_tokens,
         check_stop=check_stop,
         end_of_turn=END_OF_TURN[template.name],
     )
@@ -241,8 +292,8 @@ def export_gguf(
         "metric": "chrf",
         "test_split": Path(config.evaluation.test_path).as_posix() if examples else None,
         "examples": len(examples),
-        "max_new_tokens": EVAL_MAX_NEW_TOKENS,
-        "reference": {"model": "merged", "score": reference, **(merged_run or {"sample": None})},
+        "max_new_tokens": max_new_tokens,
+        "reference": {"model": held_to and held_to.model, "score": reference, **(merged_run or {"sample": None})},
     }
     write_json(run.quantization, report)
     result = GgufExport([item["path"] for item in verdicts], gate)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from app.datasets.templates import TEMPLATES
 from app.training_config import EvaluationSection
-from worker import evaluation
+from worker import evaluation, generation
 from worker.data import DataError
 
 
@@ -98,6 +99,14 @@ def test_score_uses_any_generate_callable(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="returned 1 answers for 3 prompts"):
         evaluation.score(examples, lambda prompts: ["x"], batch_size=8)
 
+    # Answered in another order (longest first), the samples still come in the split's order.
+    asked: list[str] = []
+    in_order = evaluation.score(
+        examples, lambda ps: asked.extend(p[-1]["content"] for p in ps) or generate(ps), batch_size=2, order=[2, 0, 1]
+    )
+    assert asked == ["What is 5 + 3?", "Kofi buys 2 pencils at GH₵1. How much?", "Where is Axim?"]
+    assert in_order == (metrics, samples)
+
 
 def test_write_samples_replaces_one_stage(tmp_path: Path) -> None:
     path = tmp_path / "metrics" / "samples.jsonl"
@@ -151,12 +160,32 @@ def test_batched_generation_matches_one_by_one(tmp_path: Path, tiny: tuple) -> N
     model, tokenizer = tiny
     examples = evaluation.load_test_set(write_jsonl(tmp_path / "t.jsonl", ROWS), EvaluationSection())
     settings = EvaluationSection(max_new_tokens=6)
-    generate = evaluation.model_generate(model, tokenizer, settings, "<end_of_turn>", seed=0)
     prompts = [e.prompt for e in examples]
-    together = generate(prompts)
-    alone = [generate([p])[0] for p in prompts]
-    assert together == alone and all(isinstance(a, str) for a in together)
+    alone = [
+        evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=1)([p])[0] for p in prompts
+    ]
+    together = evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=3)
+    assert together(prompts) == alone and all(isinstance(a, str) for a in alone)
     assert tokenizer.padding_side == "right"  # restored after generating
+    # A random model never ends its turn: every answer runs to the budget, and each of its tokens is counted.
+    assert together.ended == [False] * 3 and together.throughput()["generated_tokens"] == 3 * 6
+
+    # Fixed shapes (CUDA's default): a width bucket of 64 tokens, a short batch filled up with copies of its last
+    # prompt. The padding is masked and the copies' answers dropped: the same answers.
+    fixed = evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=4)
+    fixed.fixed_shapes = True
+    assert fixed(prompts[:2]) + fixed(prompts[2:]) == alone
+    assert fixed.ended == [False] * 3 and fixed.generated_tokens == 3 * 6
+
+
+def test_a_split_is_answered_longest_first_in_batches_of_one_size() -> None:
+    assert generation.by_length([5, 9, 5, 12]) == [3, 1, 0, 2]  # ties keep the file's order
+    assert [generation.batch_rows(n, 64) for n in (1, 40, 64, 65, 200)] == [1, 40, 64, 33, 50]
+    assert [generation.bucket(w) for w in (1, 64, 65, 300)] == [64, 64, 128, 512]
+    assert generation.resolved_batch("auto", on_gpu=True) == 64 and generation.resolved_batch("auto", False) == 8
+    assert generation.resolved_batch(3, on_gpu=True) == 3
+    with pytest.raises(ValidationError, match=r'batch_size\n.*or "auto"'):
+        EvaluationSection(batch_size=0)
 
 
 def test_test_examples_stop_before_the_last_answer(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Each GGUF loaded by llama.cpp, answering the test split through the chat template inside the file, scored
-against the merged model: the spec's `quantization-verified` gate.
+against the fine-tuned model (the evaluate step's answers, or the merged model's): the spec's
+`quantization-verified` gate.
 
 Runtime parity: each answer either ends its turn (llama.cpp stops at a token that ends generation) or runs to
-the token budget. Long answers may be cut there legitimately, so a file is held to the merged model prompt by
-prompt: where the merged model ended its turn within the budget and the GGUF ran to the limit instead, the file
+the token budget. Long answers may be cut there legitimately, so a file is held to the fine-tuned model prompt by
+prompt: where that model ended its turn within the budget and the GGUF ran to the limit instead, the file
 rambles past the end of its turn (a template or stop token that does not end the turn) and fails."""
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def rambled(item: dict[str, Any], reference_ended: Sequence[bool] | None) -> lis
 def rambling_reason(item: dict[str, Any], prompts: Sequence[int], reference_ended: Sequence[bool]) -> str:
     end_of_turn = item.get("end_of_turn") or "an end-of-turn token"
     reason = (
-        f"rambles past the end of its turn: {len(prompts)} of {sum(reference_ended)} answers the merged model "
+        f"rambles past the end of its turn: {len(prompts)} of {sum(reference_ended)} answers the fine-tuned model "
         f"ended within {item.get('max_new_tokens')} new tokens ran to that limit here without {end_of_turn} "
         f"(prompts {', '.join(map(str, prompts[:10]))})"
     )
@@ -170,7 +171,7 @@ def judge_files(
             drop = relative_drop(reference_score, item["score"])
             if drop > max_drop:
                 reasons.append(
-                    f"scores {item['score']:.2f} against the merged model's {reference_score:.2f}: "
+                    f"scores {item['score']:.2f} against the fine-tuned model's {reference_score:.2f}: "
                     f"{drop:.1%} lower, over the {max_drop:.0%} limit"
                 )
         measured = drop is not None
@@ -203,7 +204,7 @@ def quantization_gate(
         for v in verdicts
     ]
     message = (
-        f"each GGUF against the merged model (chrF {reference_score}) on the test split, at most "
+        f"each GGUF against the fine-tuned model (chrF {reference_score}) on the test split, at most "
         f"{max_drop:.0%} lower: " + "; ".join(parts)
         if reference_score is not None
         else "no test split to score the GGUF files on; " + "; ".join(parts)

@@ -67,7 +67,7 @@ def test_a_gguf_whose_end_of_turn_does_not_stop_fails_as_rambling(turn_ender: Pa
     assert (verdicts["Q8_0"]["passed"], verdicts["Q8_0"]["rambled"], verdicts["Q8_0"]["reasons"]) == (True, [], [])
     (reason,) = verdicts["broken"]["reasons"]
     assert verdicts["broken"]["passed"] is False and verdicts["broken"]["rambled"] == [0, 1]
-    assert reason.startswith("rambles past the end of its turn: 2 of 2 answers the merged model ended within 16")
+    assert reason.startswith("rambles past the end of its turn: 2 of 2 answers the fine-tuned model ended within 16")
     assert "without <end_of_turn>" in reason
     assert "<end_of_turn> is not a token that ends generation in this file" in reason
     gate = quantization_gate(0.0, list(verdicts.values()))

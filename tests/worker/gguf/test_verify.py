@@ -83,7 +83,7 @@ def test_a_file_rambles_only_where_the_merged_model_ended_its_turn() -> None:
     verdicts = judge_files(40.0, files, reference_ended=[True, False, True])
     assert [(v["passed"], v["rambled"]) for v in verdicts] == [(True, []), (False, [2])]
     assert verdicts[1]["reasons"] == [
-        "rambles past the end of its turn: 1 of 2 answers the merged model ended within 64 new tokens ran to that "
+        "rambles past the end of its turn: 1 of 2 answers the fine-tuned model ended within 64 new tokens ran to that "
         "limit here without <|im_end|> (prompts 2)"
     ]
     # No reference turns (no test split): recorded, not judged.

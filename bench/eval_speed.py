@@ -1,0 +1,146 @@
+"""The evaluation steps' generation, the old way against the new, on one loaded model in one process.
+
+Both answer the same test split (the demo data's, `--rows` of it) greedily with `--max-new-tokens`, from the model
+as the job holds it: loaded by the backend, LoRA attached, in the backend's inference mode.
+
+- `before`: the path before length scheduling: batches of 8 in file order, each padded to its own longest prompt
+  (every batch a new input shape, so a compiled model compiles again).
+- `after`: the evaluate step's path now: longest prompt first, `evaluation.batch_size: auto` (64 on CUDA) shared
+  out evenly, fixed shapes on CUDA (width buckets, short batches filled up).
+
+Each runs `--repeats` times, interleaved; the first run (`--first`) compiles from nothing, the other one then only
+for the shapes it adds. Run it once with each `--first`, each with an empty TORCHINDUCTOR_CACHE_DIR, for both cold
+figures. Printed per run: wall time,
+generated tokens and tokens/s; then how many answers are identical between the two, and chrF of `after` with
+`before` as the reference (100: the same text).
+
+    python bench/eval_speed.py --shape gemma3-4b --rows 40 --json eval-4b.json        # on the GPU machine
+    python bench/eval_speed.py --shape gemma3-270m --rows 200
+    python bench/eval_speed.py --shape tiny --backend transformers --rows 16 --max-new-tokens 8  # CPU try
+    python bench/eval_speed.py --shape embedded --backend transformers --rows 24 --max-new-tokens 32  # real answers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]:
+    """The model as the job holds it for its baseline: loaded, LoRA attached, in inference mode."""
+    from app import embedded
+    from app.datasets.templates import TEMPLATES
+    from app.training_config import TrainingConfig
+    from worker import backends, warm_model
+
+    backend = backends.select(backend_name)  # before transformers: Unsloth patches it on import
+    import torch
+
+    from bench.shapes import build
+
+    cache = Path(os.environ.get("FORGE_CACHE_DIR", Path.home() / ".cache" / "forge-trainer"))
+    if shape == "embedded":
+        path = embedded.model_dir(cache)
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = build(shape, work / "models" / shape, embedded.tokenizer_dir(cache), device=device)
+    config = TrainingConfig.model_validate(
+        {"model": {"name": str(path), "max_seq_length": 1024}, "backend": backend_name}
+    )
+    template = TEMPLATES["gemma-3"]
+    model, tokenizer = backend.load_model(str(path), config, template)
+    model = backend.attach_lora(model, config)
+    warm_model.fresh_adapters(model, config.training.seed)
+    backend.for_inference(model)
+    return backend, model, tokenizer, template
+
+
+def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str, max_new: int) -> dict[str, Any]:
+    from worker import evaluation, generation
+
+    stops = generation.stop_ids(tokenizer, stop)
+    if variant == "before":
+        rows, order, fixed = 8, list(range(len(examples))), False
+    else:
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        rows, fixed = generation.batch_rows(len(examples), generation.resolved_batch("auto", on_gpu)), None
+        order = None
+    generate = generation.Generator(
+        model, tokenizer, max_new_tokens=max_new, stop_ids=stops, rows=rows, fixed_shapes=fixed
+    )
+    if order is None:
+        order = generation.by_length(generate.lengths([e.prompt for e in examples]))
+    started = time.monotonic()
+    _, samples = evaluation.score(examples, generate, batch_size=rows, order=order)
+    wall = time.monotonic() - started
+    return {
+        "variant": variant,
+        "wall_seconds": round(wall, 2),
+        **generate.throughput(),
+        "answers": [s["answer"] for s in samples],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="gemma3-270m", help="gemma3-270m, gemma3-4b, tiny, or embedded (real)")
+    parser.add_argument("--backend", default="unsloth")
+    parser.add_argument("--rows", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--first", default="before", choices=("before", "after"), help="the variant that runs cold (compiles first)"
+    )
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--json", type=Path)
+    a = parser.parse_args()
+
+    from app.demo_data import write_splits
+    from worker.evaluation import read_test_split
+    from worker.gguf.verify import chrf
+
+    work = (a.work or Path(tempfile.mkdtemp(prefix="forge-bench-eval-"))).resolve()
+    splits = write_splits(work / "data", sizes=(8, 2, a.rows))
+    examples = read_test_split(splits["test"], "expected_terms")
+    started = time.monotonic()
+    backend, model, tokenizer, template = load(a.shape, a.backend, work)
+    print(f"loaded {a.shape} with {backend.name} in {time.monotonic() - started:.1f} s", flush=True)
+    runs = []
+    for repeat in range(a.repeats):
+        for variant in (a.first, "after" if a.first == "before" else "before"):
+            result = run(variant, model, tokenizer, examples, template.stop_word, a.max_new_tokens)
+            result["repeat"] = repeat
+            runs.append(result)
+            shown = {k: v for k, v in result.items() if k != "answers"}
+            print(json.dumps(shown), flush=True)
+    before = next(r["answers"] for r in reversed(runs) if r["variant"] == "before")
+    after = next(r["answers"] for r in reversed(runs) if r["variant"] == "after")
+    last = {r["variant"]: r for r in runs[-2:]}
+    summary = {
+        "shape": a.shape,
+        "backend": backend.name,
+        "rows": a.rows,
+        "max_new_tokens": a.max_new_tokens,
+        "identical_answers": sum(x == y for x, y in zip(before, after, strict=True)),
+        "chrf_after_vs_before": round(chrf(after, before), 2),
+        "cold": a.first,
+        "first_run_seconds": {r["variant"]: r["wall_seconds"] for r in runs[:2]},
+        "tokens_per_second": {v: r["tokens_per_second"] for v, r in last.items()},
+        "speedup_warm": round(last["before"]["wall_seconds"] / last["after"]["wall_seconds"], 2),
+    }
+    print("SUMMARY", json.dumps(summary), flush=True)
+    if a.json:
+        a.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
