@@ -18,6 +18,11 @@ from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two test processes on CI's two cores: llama.cpp (GGUF checks) then shares them with the
+    # other test's work, and one thread runs it 1.8x faster than two (FORGE_LLAMA_THREADS, docs/benchmarks.md).
+    os.environ.setdefault("FORGE_LLAMA_THREADS", "1")
+
 
 def _gpu_ready() -> bool:
     if importlib.util.find_spec("unsloth") is None:
@@ -37,8 +42,11 @@ GPU_ONLY = [
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`bench` and `long` tests run only when asked for (-m bench, -m long): `make test` and `make fast` leave them
     out. The end-to-end files (real processes, minutes each) come first: `-n 2 --dist loadfile` hands files out
-    in this order, and the many short unit files then fill the gaps instead of one long file running alone last."""
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/"))  # stable: the order within stays
+    in this order, and the many short unit files then fill the gaps instead of one long file running alone last.
+    The files of the real embedded model (the longest, 5-25 minutes on 2 cores) come before the other e2e files."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    # Stable: the order within a file stays.
+    items.sort(key=lambda item: (not item.nodeid.startswith("tests/e2e/"), item.path not in slow_files))
     asked = config.getoption("markexpr") or ""
     for marker, why in (("bench", "benchmark-sized"), ("long", "minutes of processes on 2 cores")):
         if marker in asked:

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         description="Load and LoRA-wrap this model when the worker starts and keep one ready while idle: a model "
         "name as in model.name, or a job config file (.json/.yaml) whose model and lora sections jobs use.",
     )
+    llama_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="CPU threads llama.cpp quantizes and checks GGUF files with; null: every core the worker may "
+        "use. Lower it where other work keeps cores busy: llama.cpp's threads wait for each other by spinning, and "
+        "2 threads on 2 cores with one busy ran 1.8x slower than 1 (docs/benchmarks.md).",
+    )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stops renewing it this long is failed."
     )

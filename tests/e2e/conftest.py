@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, cache_dir
+from tests.offline import NoNetwork
 
 
 def free_port() -> int:
@@ -105,3 +106,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> NoNetwork:
+    """A worker with no network: run it with `prefix=offline.prefix, **offline.env` (tests/offline.py)."""
+    return NoNetwork(tmp_path / "offline", ROOT)

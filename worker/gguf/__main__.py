@@ -15,10 +15,22 @@ from typing import Any
 from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS
 
 
+def _threads() -> int:
+    """FORGE_LLAMA_THREADS, else all the cores this process may use (llama-cpp-python's default is half): the job
+    does nothing else now."""
+    from app.core.config import Settings
+
+    configured = Settings().llama_threads
+    if configured is not None:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _quantize(args: argparse.Namespace) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = _threads()
     params.ftype = getattr(llama_cpp, K_QUANTS[args.quantization])
     code = llama_cpp.llama_model_quantize(args.source.encode(), args.target.encode(), params)
     if code != 0:
@@ -33,8 +45,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     prompts = json.loads(Path(args.request).read_text())["prompts"]
     started = time.monotonic()
-    # All the cores this process may use (llama-cpp-python's default is half): the job does nothing else now.
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = _threads()
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=args.n_ctx, n_threads=threads, seed=0, verbose=False)
     loaded = time.monotonic()
     template = llm.metadata.get("tokenizer.chat_template")
