@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -309,8 +310,11 @@ class Worker:
         if planned is None:
             return False
         retry, config = planned
+        folder = RunFolder.of(self.settings.runs_dir, job)
         # The resumed attempt must not keep the first attempt's measured batch (recipe.batch_plan would).
-        RunFolder.of(self.settings.runs_dir, job).batch_size.unlink(missing_ok=True)
+        folder.batch_size.unlink(missing_ok=True)
+        if retry.resume_from is None:  # starting over: the failed run's checkpoints must not be resumed or outrank
+            shutil.rmtree(folder.output_dir, ignore_errors=True)  # the new ones (save_total_limit keeps the newest)
         log.warning("job %s: %s", job.id, retries.describe(retry))
         return jobs.retry(session, job, retry, config) is not None
 

@@ -66,13 +66,16 @@ def test_out_of_memory_is_retried_once_with_half_the_batch(worker: Worker) -> No
     measured = RunFolder.of(worker.settings.runs_dir, job).batch_size
     measured.parent.mkdir(parents=True)
     measured.write_text("{}")
+    # A checkpoint the attempt left half-written: the retry starts over, and must not find it later.
+    stale = RunFolder.of(worker.settings.runs_dir, job).output_dir / "checkpoint-10"
+    stale.mkdir(parents=True)
 
     retried = fail_while_training(worker, job, failed, BatchPlan(4, 2, auto=False))
     assert (retried.status, retried.resume_from, retried.error_code) == (JobStatus.queued, None, None)
     training = retried.training_config.training
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (2, 4)
     assert training.effective_batch == 8  # the same examples per optimizer step
-    assert not measured.exists()
+    assert not measured.exists() and not stale.exists()
     shown = JobRead.from_job(retried).retries
     assert [(r.attempt, r.reason, r.step, r.resume_from) for r in shown] == [(1, "out_of_memory", 12, None)]
     assert shown[0].changes == {
