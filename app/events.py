@@ -33,7 +33,7 @@ class EventType(enum.StrEnum):
     evaluation = "evaluation"  #: Progress of the baseline or evaluate step, and its metrics when done.
     gate = "gate"  #: One gate's verdict.
     cancel_requested = "cancel_requested"  #: Someone asked to cancel the job.
-    requeued = "requeued"  #: The job went back to the queue (worker shutdown or lost, or a resume).
+    requeued = "requeued"  #: The job went back to the queue (worker shutdown or lost, a resume, an auto retry).
     succeeded = "succeeded"  #: Terminal: the job finished.
     failed = "failed"  #: Terminal: the job failed; the error is in `data`.
     cancelled = "cancelled"  #: Terminal: the job was cancelled.
@@ -116,8 +116,9 @@ class CancelData(_Payload):
 
 
 class RequeuedData(_Payload):
-    reason: Literal["shutdown", "worker_lost", "resume"]
+    reason: Literal["shutdown", "worker_lost", "resume", "out_of_memory", "diverged"]
     resume_from: str | None = None
+    changes: dict[str, list[Any]] | None = None  # an automatic retry's (app.retries): field: [as run, as retried]
 
 
 class FinishedData(_Payload):

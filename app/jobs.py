@@ -8,6 +8,7 @@ queued -> running [-> cancelling] -> succeeded | failed | cancelled. A running j
 (worker_id, attempt) pair; the worker's writes only land while that pair still holds it. A job that stopped
 with a complete checkpoint goes back to queued and resumes from it. Terminal states never change, with one
 explicit exception asked for by a person: `resume` re-queues a job failed as worker_lost or worker_crashed. A
+failure that training.auto_retry heals (`retry`) goes back to queued instead of failed, once per reason. A
 requested cancel always ends `cancelled`: no path puts such a job back in the queue.
 """
 
@@ -23,11 +24,12 @@ from sqlalchemy import String, and_, cast, func, not_, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app import events, workers
+from app import events, retries, workers
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.wakeup import WAKEUP_CHANNEL, WakeupEvent
 from app.events import EventLevel, EventType
 from app.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobKind, JobPhase, JobStatus, Promotion, utcnow
+from app.retries import Retry
 from app.training_config import ExportRequest, TrainingConfig
 
 # Failures after which a job may be resumed from its checkpoint.
@@ -242,10 +244,12 @@ def _finished_event(job_id: str, status: JobStatus, error_code: str | None, erro
     return events.new(job_id, EventType(status.value), f"job {status.value}", data)
 
 
-def _requeued_event(job_id: str, reason: str, checkpoint: str | None) -> events.Event:
+def _requeued_event(job_id: str, reason: str, checkpoint: str | None, retried: Retry | None = None) -> events.Event:
     where = f"resumes from {checkpoint}" if checkpoint else "starts over"
-    data = events.RequeuedData(reason=reason, resume_from=checkpoint)  # type: ignore[arg-type]
-    return events.new(job_id, EventType.requeued, f"back in the queue ({reason}); {where}", data)
+    changes = retried.changes if retried else None
+    data = events.RequeuedData(reason=reason, resume_from=checkpoint, changes=changes)  # type: ignore[arg-type]
+    message = retries.describe(retried) if retried else f"back in the queue ({reason}); {where}"
+    return events.new(job_id, EventType.requeued, message, data, EventLevel.warning if retried else EventLevel.info)
 
 
 def fits(gpus: int) -> Any:
@@ -410,6 +414,14 @@ def requeue(session: Session, job: Job, checkpoint: str | None) -> JobStatus | N
     return _unless_cancelled(session, job.id, owned, _requeued(checkpoint), "shutdown")
 
 
+def retry(session: Session, job: Job, retry: Retry, config: dict[str, Any]) -> JobStatus | None:
+    """Put a job we own that failed back in the queue with `config` (training.auto_retry, app.retries), the retry
+    recorded in its `retries`; a job whose cancel was asked for is cancelled instead."""
+    owned = _owned(job.id, job.worker_id or "", job.attempt)
+    values = {**_requeued(retry.resume_from), "config": config, "retries": [*job.retries, retry.model_dump()]}
+    return _unless_cancelled(session, job.id, owned, values, retry.reason, retry)
+
+
 def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | None:
     """Settle a job we own whose lease we could not keep (the database was out of reach for longer than the
     lease, so the training process ended itself): as `expire_lost` would settle it once the lease runs out."""
@@ -418,7 +430,7 @@ def give_up(session: Session, job: Job, checkpoint: str | None) -> JobStatus | N
 
 
 def _unless_cancelled(
-    session: Session, job_id: str, where: Any, values: dict[str, Any], reason: str
+    session: Session, job_id: str, where: Any, values: dict[str, Any], reason: str, retried: Retry | None = None
 ) -> JobStatus | None:
     """Apply `values` to the job `where` matches, unless a cancel was requested for it: then it ends `cancelled`.
 
@@ -437,7 +449,7 @@ def _unless_cancelled(
         session.add(_finished_event(job_id, status, None, None))
     elif status is not None:
         if status == JobStatus.queued:
-            session.add(_requeued_event(job_id, reason, values["resume_from"]))
+            session.add(_requeued_event(job_id, reason, values["resume_from"], retried))
         else:
             session.add(_finished_event(job_id, status, values.get("error_code"), values.get("error_message")))
     if status == JobStatus.queued:

@@ -154,6 +154,10 @@ class Job(SQLModel, table=True):
 
     # The project's accepted model when a worker claimed the job: the no-regression gate compares with it.
     accepted_job_id: str | None = Field(default=None, max_length=32)
+    # Each automatic retry (training.auto_retry), as app.retries.Retry: why, at which step, what it changed.
+    retries: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     # The training checkpoint the next attempt resumes from (a folder inside the job's run folder).
     resume_from: str | None = Field(default=None, max_length=512)
     # A retried POST with the same Idempotency-Key returns this job; request_hash tells retries from reuse.

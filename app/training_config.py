@@ -231,6 +231,11 @@ class TrainingSection(_Section):
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
     )
+    auto_retry: bool = Field(
+        default=True,
+        description="Retry a job once that ran out of memory while training (from its last checkpoint, half the "
+        "per-device batch, twice the accumulation) and once that diverged (from the start, half the learning rate).",
+    )
     report_to: Annotated[list[Literal["tensorboard", "mlflow"]], BeforeValidator(_none_is_empty)] = Field(
         default_factory=list,
         description='Where the trainer also logs its metrics: "tensorboard" writes event files under '

@@ -123,7 +123,7 @@ def _plan(
         try:
             peak = meter.peak(partial(_train_pass, model, config, longest, size))
         except Exception as exc:
-            if not _out_of_memory(exc):
+            if not out_of_memory(exc):
                 raise
             trials.append(Trial(size, None, False))
             break
@@ -184,7 +184,8 @@ def _release(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is running out of memory: CUDA's, or the CPU allocator's (worker.child.classify too)."""
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
     text = str(exc).lower()

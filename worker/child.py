@@ -18,7 +18,7 @@ from typing import Any
 from app.models import JobKind
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
-from worker import devices, faults, lease, warm_model
+from worker import batch_size, devices, faults, lease, warm_model
 from worker.protocol import Failed, Interrupted, JobSpec, Preload, StopMode, Stopped, StopRequested, Succeeded
 from worker.reporter import Reporter
 
@@ -122,9 +122,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(code, str):
         return code, str(exc)
     name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+    if batch_size.out_of_memory(exc):
         return "out_of_memory", (
-            f"the GPU ran out of memory ({exc}). Reduce training.per_device_train_batch_size and raise "
+            f"the job ran out of memory ({name}: {exc}). Reduce training.per_device_train_batch_size and raise "
             'training.gradient_accumulation_steps (or set the batch to "auto" to have it measured), or lower '
             "model.max_seq_length"
         )

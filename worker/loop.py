@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app import jobs, workers
+from app import jobs, retries, workers
 from app import status as training_status
 from app.core.config import Settings
 from app.core.db import Database
@@ -285,7 +286,8 @@ class Worker:
             elif isinstance(message, Succeeded):
                 jobs.finish(session, job, JobStatus.succeeded, result=message.result)
             elif isinstance(message, Failed):
-                jobs.finish(session, job, JobStatus.failed, error_code=message.code, error_message=message.message)
+                if not self._retry(session, job, message):
+                    jobs.finish(session, job, JobStatus.failed, error_code=message.code, error_message=message.message)
             elif isinstance(message, Interrupted):
                 # A graceful shutdown: back to the queue, to resume from the checkpoint just saved (a job whose
                 # cancel was asked for meanwhile ends cancelled instead).
@@ -300,6 +302,21 @@ class Worker:
         final = self._settle("recording the job's end", record)
         log.info("job %s: %s", job.id, final.value)
         self._write_status()
+
+    def _retry(self, session: Session, job: Job, failed: Failed) -> bool:
+        """Back to the queue once for a failure training.auto_retry heals (app.retries); False: it stands."""
+        now = jobs.get(session, job.id)  # its step, phase and batch as the failed attempt left them
+        planned = retries.plan(now, failed.code, failed.message, self.checkpoint_of(job) or job.resume_from)
+        if planned is None:
+            return False
+        retry, config = planned
+        folder = RunFolder.of(self.settings.runs_dir, job)
+        # The resumed attempt must not keep the first attempt's measured batch (recipe.batch_plan would).
+        folder.batch_size.unlink(missing_ok=True)
+        if retry.resume_from is None:  # starting over: the failed run's checkpoints must not be resumed or outrank
+            shutil.rmtree(folder.output_dir, ignore_errors=True)  # the new ones (save_total_limit keeps the newest)
+        log.warning("job %s: %s", job.id, retries.describe(retry))
+        return jobs.retry(session, job, retry, config) is not None
 
     def _write_status(self) -> None:
         path: Path = self.settings.status_file

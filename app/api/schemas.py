@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 
 from app.models import EvaluationProgress, GatesReport, Job, JobKind, JobPhase, JobStatus, Promotion, evaluation_of
+from app.retries import Retry
 
 
 class ErrorDetail(BaseModel):
@@ -76,7 +77,12 @@ class JobRead(BaseModel):
         default=None, description="Progress of the baseline or evaluate step (the last one run, once finished)."
     )
     gates: GatesReport | None = PydanticField(default=None, description="The gates, once the job has run them.")
-    config: dict[str, Any] = PydanticField(description="The training config as submitted, defaults filled in.")
+    retries: list[Retry] = PydanticField(
+        default_factory=list, description="Automatic retries (training.auto_retry): why, and what each changed."
+    )
+    config: dict[str, Any] = PydanticField(
+        description="The training config as submitted, defaults filled in; after an automatic retry, as retried."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobRead:

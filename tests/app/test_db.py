@@ -29,7 +29,7 @@ def test_database_is_wal_and_migrations_round_trip(db_settings: Settings) -> Non
     with db.engine.connect() as connection:
         if db.engine.dialect.name == "sqlite":
             assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     db.dispose()
     cfg = alembic_config(db_settings.sqlalchemy_url)
     command.downgrade(cfg, "base")
