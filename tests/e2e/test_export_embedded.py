@@ -69,12 +69,14 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
     assert verdicts["Q4_K_M"]["bytes"] < verdicts["Q8_0"]["bytes"]
 
     # llama.cpp, here in the test, chats with each file through the gemma-3 template it carries.
-    prompt = report["reference"]["sample"]["prompt"]
+    prompt, budget = report["reference"]["sample"]["prompt"], report["max_new_tokens"]
     for quantization, item in verdicts.items():
         llm = llama_cpp.Llama(model_path=str(run / item["path"]), n_ctx=512, seed=0, verbose=False)
         try:
             assert llm.metadata["tokenizer.chat_template"].startswith("{{ bos_token }}")
-            out: Any = llm.create_chat_completion(messages=prompt, max_tokens=64, temperature=0.0, repeat_penalty=1.0)
+            out: Any = llm.create_chat_completion(
+                messages=prompt, max_tokens=budget, temperature=0.0, repeat_penalty=1.0
+            )
         finally:
             llm.close()
         answer = (out["choices"][0]["message"]["content"] or "").strip()
@@ -91,7 +93,7 @@ def test_embedded_gemma3_exports_q8_0_and_q4_k_m_that_llama_cpp_chats_with(
     broken = end_of_turn_that_does_not_stop(run / verdicts["Q8_0"]["path"], project / "broken.gguf", "<end_of_turn>")
     examples = read_test_split(project / report["test_split"], "expected_terms")[: report["examples"]]
     stages = Tracker.planned(lambda f, d: None, ["Q8_0"], merging=False, scoring=[])
-    budget = report["max_new_tokens"]  # the evaluate step's, whose answers the files are held to
+    # The evaluate step's budget, whose answers the files are held to.
     assert report["reference"]["model"] == "fine-tuned (the evaluate step's answers)" and budget == 128
     checked = verify_ggufs(
         {"broken": broken},
