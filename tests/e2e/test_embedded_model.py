@@ -74,13 +74,18 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
     saved = load_file(run / "lora/adapter_model.safetensors")
     assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k].to(saved[k].dtype)) for k in saved)
 
-    # The merged model loads on its own and still answers like Gemma 3 270M.
+    # The merged model loads on its own and is the picked checkpoint: the base model with the saved LoRA. (The
+    # learning rate that makes step 4 worse also spoils Gemma's arithmetic, so no "5 + 3 = 8" check here.)
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
     merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
     inputs = tokenizer("Question: What is 5 + 3?\nAnswer:", return_tensors="pt")
+    picked = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    picked = PeftModel.from_pretrained(picked, run / "lora").merge_and_unload().to(torch.float32)  # as export merges
+    with torch.inference_mode():
+        # bf16 rounding moves logits by some hundredths; the other checkpoint's LoRA would move them by far more.
+        torch.testing.assert_close(merged(**inputs).logits, picked(**inputs).logits, atol=0.1, rtol=0.0)
     output = merged.generate(**inputs, max_new_tokens=8, do_sample=False)
-    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert "8" in answer, answer
+    assert tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False).startswith(
         "<bos><start_of_turn>user\nHi<end_of_turn>"
     )
