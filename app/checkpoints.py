@@ -47,6 +47,10 @@ class CheckpointRead(BaseModel):
         description="Holds everything a resume needs (weights, optimizer, scheduler, state)."
     )
     created_at: datetime = PydanticField(description="When its trainer_state.json (written last) was written.")
+    score: float | None = PydanticField(
+        default=None, description="training.select_checkpoint best: its gates.metric on the validation split."
+    )
+    picked: bool = PydanticField(default=False, description="The best-scored so far: the one saved as the LoRA.")
 
 
 class CheckpointList(BaseModel):
@@ -59,10 +63,21 @@ def _last(history: list[dict[str, Any]], key: str, step: int) -> float | None:
     return float(values[-1]) if values and isinstance(values[-1], int | float) else None
 
 
-def listing(run_dir: Path, folder: Path) -> list[CheckpointRead]:
-    """Every checkpoint-N folder in `folder` (a job's output_dir inside `run_dir`), oldest first."""
+def _scores(report: Path | None) -> tuple[dict[int, float | None], int | None]:
+    """metrics/checkpoints.json: each scored step's score, and the step picked."""
+    try:
+        kept = json.loads(report.read_text()) if report is not None and report.is_file() else {}
+    except (OSError, ValueError):
+        kept = {}  # being written
+    return {int(c["step"]): c.get("score") for c in kept.get("checkpoints", [])}, kept.get("picked_step")
+
+
+def listing(run_dir: Path, folder: Path, report: Path | None = None) -> list[CheckpointRead]:
+    """Every checkpoint-N folder in `folder` (a job's output_dir inside `run_dir`), oldest first, with its score
+    from `report` (metrics/checkpoints.json) when select_checkpoint scored it."""
     if not folder.is_dir():
         return []
+    scores, picked = _scores(report)
     found = []
     for child in folder.iterdir():
         match = _NAME.match(child.name)
@@ -88,6 +103,8 @@ def listing(run_dir: Path, folder: Path) -> list[CheckpointRead]:
                 bytes=sum(p.stat().st_size for p in files),
                 complete=bool(state) and is_complete(child),
                 created_at=datetime.fromtimestamp(newest.stat().st_mtime, UTC),
+                score=scores.get(step),
+                picked=step == picked,
             )
         )
     return sorted(found, key=lambda c: c.step)

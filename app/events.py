@@ -94,8 +94,10 @@ class MetricsData(_Payload):
 
 
 class CheckpointData(_Payload):
-    path: str = PydanticField(description="Inside the job's run folder.")
+    path: str | None = PydanticField(description="Inside the job's run folder; null for a scored checkpoint.")
     step: int | None = PydanticField(default=None, description="The training step; null for the final adapters.")
+    metric: str | None = PydanticField(default=None, description="training.select_checkpoint: gates.metric.")
+    score: float | None = PydanticField(default=None, description="The checkpoint's validation score.")
 
 
 class EvaluationData(_Payload):

@@ -261,6 +261,14 @@ def resolve(config: TrainingConfig, *, project: Path, model_dirs: Sequence[Path]
     project = project.resolve()
     dataset = _train_file(config, project)
     val = _val_file(config, project, dataset)
+    if config.training.select_checkpoint == "best" and val is None:
+        raise InvalidInput(
+            "training.select_checkpoint 'best' scores checkpoints on the validation split, and this job has none: "
+            "set dataset.val_path to a validation JSONL (or 'auto' with a val.jsonl beside dataset.path), or set "
+            "training.select_checkpoint to 'last'",
+            code="validation_split_missing",
+            param="training.select_checkpoint",
+        )
     test = _test_file(config, project)
     glossary_path = config.evaluation.glossary_path
     glossary = (

@@ -64,6 +64,16 @@ class RunFolder:
         return self.metrics_dir / "batch-size.json"
 
     @property
+    def checkpoints_report(self) -> Path:
+        """training.select_checkpoint best: every scored checkpoint and the one picked."""
+        return self.metrics_dir / "checkpoints.json"
+
+    @property
+    def best_weights(self) -> Path:
+        """The best-scored checkpoint's LoRA weights so far (a resumed job keeps them)."""
+        return self.output_dir / "best-checkpoint-lora.pt"
+
+    @property
     def loss_plot(self) -> Path:
         return self.metrics_dir / "loss.png"
 

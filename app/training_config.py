@@ -228,6 +228,12 @@ class TrainingSection(_Section):
         ge=1,
         description="With a validation set: its loss every N steps; null: at each epoch's end and the last step.",
     )
+    select_checkpoint: Literal["last", "best"] | None = Field(
+        default=None,
+        description="best: each evaluation point's model is scored on the validation split by gates.metric and the "
+        "best one is saved, merged, exported and evaluated (metrics/checkpoints.json); last: the model at the end of "
+        "training; null: best when there is a validation split, else last.",
+    )
     resume_on_worker_lost: bool = Field(
         default=True, description="Re-queue a job whose worker died, from its last checkpoint, instead of failing it."
     )

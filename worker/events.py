@@ -67,7 +67,13 @@ class JobEvents:
         self._add(EventType.metrics, text, data)
 
     def _checkpoint(self, message: CheckpointSaved) -> None:
-        if message.step is not None and message.name:  # a trainer checkpoint (training.save_steps, or a shutdown)
+        if message.score is not None:  # training.select_checkpoint best: a candidate scored on the validation split
+            text = (
+                f"checkpoint at step {message.step} scored {message.metric} {message.score:.4g} on the validation split"
+            )
+            data = events.CheckpointData(path=None, step=message.step, metric=message.metric, score=message.score)
+            self._add(EventType.checkpoint, text, data)
+        elif message.step is not None and message.name:  # a trainer checkpoint (training.save_steps, or a shutdown)
             path = f"{self.output_dir}/{message.name}"
             text = f"checkpoint saved at step {message.step}: {path}"
             self._add(EventType.checkpoint, text, events.CheckpointData(path=path, step=message.step))

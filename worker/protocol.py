@@ -102,11 +102,14 @@ class Metrics:
 @dataclass
 class CheckpointSaved:
     """A checkpoint is saved: a trainer checkpoint `name` (checkpoint-N, in output_dir) at `step`, or with
-    neither the LoRA adapters at the end of training (`path`, in the run folder)."""
+    neither the LoRA adapters at the end of training (`path`, in the run folder); or, with `score`, the model at
+    `step` is scored for training.select_checkpoint."""
 
     step: int | None = None
     name: str | None = None
     path: str | None = None
+    metric: str | None = None  # with `score`: the checkpoint at `step` scored on the validation split
+    score: float | None = None
 
 
 @dataclass

@@ -22,12 +22,13 @@ from app.training_config import EMBEDDED_MODEL, TrainingConfig
 from worker import baselines, batch_size, comparison, devices, evaluation, export, gates, ranks, release, warm_model
 from worker.backends import Backend
 from worker.batch_size import BatchPlan
+from worker.checkpoints import CheckpointSelector, selection, validation_examples
 from worker.data import prepare
 from worker.evaluation import StageScore, TestExample
 from worker.export import GgufExport
 from worker.protocol import BackendChosen, CheckpointSaved, JobSpec, StopRequested
 from worker.reporter import Reporter
-from worker.result import JobResult
+from worker.result import JobResult, Trained
 from worker.setup import Setup
 
 log = logging.getLogger("forge.worker.job")
@@ -56,19 +57,7 @@ class Data:
     template: ChatTemplate
     test_set: list[TestExample]  # what the baseline and evaluate steps score
     gguf_examples: list[TestExample]  # what the GGUF files are scored on
-
-
-@dataclass
-class Trained:
-    """What the train step leaves: the trainer's numbers and the loss history."""
-
-    metrics: dict[str, Any]
-    steps: int
-    epochs: float
-    tokens_seen: int
-    history: list[dict[str, Any]]  # the trainer's, restored from the checkpoint on a resume: the whole run's curve
-    logged: list[dict[str, Any]]  # what this attempt logged (with wall time and tokens seen)
-    tokens_per_second: float | None  # after the first step: compile and warm-up left out
+    validation: list[TestExample]  # what select_checkpoint best answers (an answer metric's; worker/checkpoints.py)
 
 
 @dataclass
@@ -86,6 +75,10 @@ class LoraRecipe:
         self.warm_key: str | None = None  # what the loaded model depends on (None: it is not kept after the job)
         self.kept: warm_model.Kept | None = None  # the model kept loaded from an earlier job, when this one fits it
 
+    @property
+    def kept_from(self) -> str | None:
+        return self.kept.job_id if self.kept else None
+
     def run(self) -> JobResult:
         """The spec's steps, in order."""
         started = time.monotonic()
@@ -96,11 +89,11 @@ class LoraRecipe:
         baseline = self.baseline(backend, model, tokenizer, data, setup)
         trained = self.train(backend, model, tokenizer, data)
         if not ranks.leader():  # the other DDP ranks only train; rank 0 saves, evaluates and exports
-            return self.result(backend, setup, data, trained)
+            return JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
         saved = self.save(backend, model, tokenizer, setup)
         evaluated = self.evaluate(backend, model, tokenizer, data)
-        result = self.result(backend, setup, data, trained)
-        warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept.job_id if self.kept else self.spec.job_id)
+        result = JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
+        warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept_from or self.spec.job_id)
         del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
         devices.free_memory()
         gguf = self.export(setup, saved, data.gguf_examples)
@@ -156,7 +149,8 @@ class LoraRecipe:
         split = setup.test_split()
         test_set = evaluation.scored_examples(split, self.config.evaluation) if split else []
         gguf_examples = export.gate_examples(self.config, split)
-        return Data(train, eval_, prepared.stats, batch, setup.template, test_set, gguf_examples)
+        validation = validation_examples(self.config, setup.resolved.val)
+        return Data(train, eval_, prepared.stats, batch, setup.template, test_set, gguf_examples, validation)
 
     def baseline(self, backend: Backend, model: Any, tokenizer: Any, data: Data, setup: Setup) -> dict | None:
         """The base model on the test split, before training (LoRA's B matrices start at zero: same outputs),
@@ -194,7 +188,9 @@ class LoraRecipe:
         progress = ProgressCallback(self.reporter.send, self.reporter.step_stop_mode)
         args = sft_config(self.config, self.folder.output_dir, data.batch, evaluate=data.eval is not None)
         report_to = reporting.callbacks(self.config, self.folder, self.spec.job_id, Path(self.spec.project_dir))
-        trainer = backend.make_trainer(model, tokenizer, data.train, args, [progress, *report_to], data.eval)
+        selector = self.checkpoint_selector(backend, tokenizer, data)
+        callbacks = [progress, *([selector] if selector else []), *report_to]
+        trainer = backend.make_trainer(model, tokenizer, data.train, args, callbacks, data.eval)
         trainer.remove_callback(PrinterCallback)  # progress goes to logs/training.log and the worker instead
         resume = str(self.folder.root / self.spec.resume_from) if self.spec.resume_from else None
         if resume:
@@ -208,6 +204,7 @@ class LoraRecipe:
         if ranks.leader():
             write_loss_plot(history, self.folder.loss_plot, title=f"{self.config.model.name}: training loss")
         state, seen = trainer.state, int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+        picked = selector.pick(model, int(state.global_step)) if selector and ranks.leader() else None
         return Trained(
             output.metrics,
             int(state.global_step),
@@ -216,6 +213,7 @@ class LoraRecipe:
             history,
             progress.log_history,
             progress.last_tokens_per_second,
+            picked,
         )
 
     def save(self, backend: Backend, model: Any, tokenizer: Any, setup: Setup) -> Saved:
@@ -282,6 +280,15 @@ class LoraRecipe:
         self.reporter.publish(batch_size=plan.as_dict())
         return plan
 
+    def checkpoint_selector(self, backend: Backend, tokenizer: Any, data: Data) -> CheckpointSelector | None:
+        """training.select_checkpoint best (with a validation split): the trainer's callback that keeps the best."""
+        if data.eval is None or selection(self.config, True) == "last":
+            return None
+        send, resumed = self.reporter.send, bool(self.spec.resume_from)
+        return CheckpointSelector(
+            self.config, self.folder, backend, tokenizer, data.validation, data.template, send, resumed
+        )
+
     def score_model(self, stage: Stage, backend: Backend, model: Any, tokenizer: Any, data: Data) -> StageScore:
         """The model on the test split (metrics/<stage>.json, its answers in samples.jsonl)."""
 
@@ -303,29 +310,6 @@ class LoraRecipe:
             evaluation.write_samples(self.folder.samples, "inference", scored.inference)
         log.info("%s: %s", stage, json.dumps(scored.report["metrics"]))
         return scored
-
-    def result(self, backend: Backend, setup: Setup, data: Data, trained: Trained) -> JobResult:
-        metrics, seen = trained.metrics, trained.tokens_seen
-        runtime = float(metrics.get("train_runtime", 0.0))
-        return JobResult(
-            backend=backend.name,
-            model=self.config.model.name,
-            model_path=setup.model_path,
-            steps=trained.steps,
-            epochs=trained.epochs,
-            train_loss=float(metrics.get("train_loss", float("nan"))),
-            final_loss=next((e["loss"] for e in reversed(trained.logged) if "loss" in e), None),
-            train_runtime_seconds=round(runtime, 3),
-            tokens_seen=seen,
-            tokens_per_second=trained.tokens_per_second,
-            tokens_per_second_overall=round(seen / runtime, 1) if runtime > 0 and seen else None,
-            peak_gpu_memory_gib=devices.peak_gpu_memory_gib(),
-            peak_gpu_memory_reserved_gib=devices.peak_gpu_memory_reserved_gib(),
-            data=data.stats,
-            log_history=trained.logged,
-            eval_loss=next((e["eval_loss"] for e in reversed(trained.logged) if "eval_loss" in e), None),
-            model_kept_from=self.kept.job_id if self.kept else None,
-        )
 
     def finish(
         self, result: JobResult, saved: Saved, gguf: GgufExport | None, report: GatesReport, started: float

@@ -22,6 +22,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "effective_batch_size": None,
         "num_gpus": 1,
         "auto_batch_memory_fraction": 0.9,
+        "select_checkpoint": None,
     }
     # The template is inferred from the model (gemma-3 for the spec's gemma-3-4b-it and the embedded model).
     expected["dataset"] = SPEC_CONFIG["dataset"] | {

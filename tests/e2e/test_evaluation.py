@@ -71,9 +71,9 @@ def check_files_agree(run: Path, job: dict[str, Any], status: dict[str, Any], ex
         "quantization-verified",
         "no-regression",
     ]
-    performance = by_name["model-performance"]["details"]
-    assert performance["baseline"] == baseline["metrics"]["token_f1"]
-    assert performance["fine_tuned"] == evaluation["metrics"]["token_f1"]
+    performance, metric = by_name["model-performance"]["details"], job["config"]["gates"]["metric"]
+    assert performance["baseline"] == baseline["metrics"][metric]
+    assert performance["fine_tuned"] == evaluation["metrics"][metric]
     assert by_name["quantization-verified"]["status"] == "not_run"
     losses = [entry["loss"] for entry in stats["log_history"] if "loss" in entry]
     assert by_name["loss-converged"]["details"]["logged"] == len(losses)

@@ -102,9 +102,13 @@ def test_stream_replays_what_a_reconnecting_client_missed(
     assert all(e["data"]["metrics"]["loss"] > 0 for e in train_metrics)
     evals = [e for e in stored if e["type"] == "metrics" and "eval_loss" in e["data"]["metrics"]]
     assert [e["data"]["step"] for e in evals] == [4, 8, 12]
-    saved = [e["data"] for e in stored if e["type"] == "checkpoint"]
-    assert saved[:3] == [{"path": f"outputs/checkpoint-{n}", "step": n} for n in (4, 8, 12)]
-    assert saved[3] == {"path": "models/checkpoints/lora", "step": None}
+    saved = [e["data"] for e in stored if e["type"] == "checkpoint" and e["data"]["path"]]
+    none = {"metric": None, "score": None}
+    assert saved[:3] == [{"path": f"outputs/checkpoint-{n}", "step": n, **none} for n in (4, 8, 12)]
+    assert saved[3] == {"path": "models/checkpoints/lora", "step": None, **none}
+    # select_checkpoint best (the default with a validation split): every evaluation point is scored.
+    scored = [e["data"] for e in stored if e["type"] == "checkpoint" and not e["data"]["path"]]
+    assert [(c["step"], c["metric"]) for c in scored] == [(n, "token_f1") for n in (4, 8, 12)]
     progress = [e["data"] for e in stored if e["type"] == "evaluation"]
     assert {p["stage"] for p in progress} == {"baseline", "evaluate"}
     assert any(p["metrics"] for p in progress if p["stage"] == "evaluate")
@@ -128,6 +132,9 @@ def test_stream_replays_what_a_reconnecting_client_missed(
         assert item["train_loss"] == losses[item["step"]]
         assert item["eval_loss"] == eval_losses[item["step"]]
         assert item["path"] == f"outputs/{item['name']}"
+        assert item["score"] == next(c["score"] for c in scored if c["step"] == item["step"])
+    picked = json.loads((project / "runs" / job_id / "metrics/checkpoints.json").read_text())["picked_step"]
+    assert [c["picked"] for c in listed] == [c["step"] == picked for c in listed]
 
     # Export can name a checkpoint: its adapters are merged, not the final ones.
     exports = f"/api/training/jobs/{job_id}/exports"

@@ -14,6 +14,7 @@ def test_messages_become_typed_events() -> None:
     events += recorder.observe(Metrics(step=1, epoch=0.5, logs={"loss": 2.5, "grad_norm": float("nan"), "x": "s"}))
     events += recorder.observe(CheckpointSaved(step=4, name="checkpoint-4"))
     events += recorder.observe(CheckpointSaved(path="models/checkpoints/lora"))
+    scored_checkpoint = recorder.observe(CheckpointSaved(step=6, metric="token_f1", score=0.4375))
     for done in (0, 0, 2):  # the same progress twice is one event
         events += recorder.observe(
             PartialResult({"evaluation_progress": {"stage": "evaluate", "done": done, "total": 2}})
@@ -36,7 +37,12 @@ def test_messages_become_typed_events() -> None:
     metrics = events[1]
     assert metrics.data == {"step": 1, "epoch": 0.5, "metrics": {"loss": 2.5, "grad_norm": None}}  # NaN is null
     assert metrics.message == "step 1: loss 2.5, grad_norm n/a"
-    assert events[2].data == {"path": "outputs/checkpoint-4", "step": 4}
-    assert events[3].data == {"path": "models/checkpoints/lora", "step": None}
+    none = {"metric": None, "score": None}
+    assert events[2].data == {"path": "outputs/checkpoint-4", "step": 4, **none}
+    assert events[3].data == {"path": "models/checkpoints/lora", "step": None, **none}
+    # training.select_checkpoint best: each scored checkpoint is a checkpoint event with its validation score.
+    assert [e.type for e in scored_checkpoint] == [EventType.checkpoint]
+    assert scored_checkpoint[0].data == {"path": None, "step": 6, "metric": "token_f1", "score": 0.4375}
+    assert scored_checkpoint[0].message == "checkpoint at step 6 scored token_f1 0.4375 on the validation split"
     assert events[6].data["metrics"] == {"chrf": 1.5}
     assert events[7].level == EventLevel.warning and events[7].message.startswith("gate model-performance: failed")

@@ -29,7 +29,8 @@ router = APIRouter(
 def list_checkpoints(job_id: str, session: SessionDep, settings: SettingsDep) -> CheckpointList:
     """Each checkpoint-N folder in training.output_dir (every training.save_steps; save_total_limit are kept):
     its step, epoch, the train and validation loss logged up to it, its size, and whether it is complete enough
-    to resume from. Download its files from .../artifacts/<path>/..."""
+    to resume from, and with training.select_checkpoint best its validation score and whether it is the one
+    picked. Download its files from .../artifacts/<path>/..."""
     job = jobs.get(session, job_id)
     run = RunFolder.of(settings.runs_dir, job)
-    return CheckpointList(job_id=job.id, items=checkpoints.listing(run.root, run.output_dir))
+    return CheckpointList(job_id=job.id, items=checkpoints.listing(run.root, run.output_dir, run.checkpoints_report))
