@@ -4,7 +4,7 @@ The best one's LoRA weights are loaded back after training, so the save, merge, 
 use it; metrics/checkpoints.json records every score and the pick.
 
 A loss metric (test_loss, perplexity) is scored by the eval_loss the trainer just computed on the validation
-split; an answer metric by answers generated to the first validation rows (evaluation.py's generation).
+split; an answer metric by answers generated to the first validation rows (worker/generation.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from app.datasets.templates import ChatTemplate
 from app.files import write_json
 from app.run_folder import RunFolder
 from app.training_config import LOWER_IS_BETTER, PERPLEXITY, TrainingConfig
-from worker import evaluation, ranks
+from worker import evaluation, generation, ranks
 from worker.backends import Backend
 from worker.evaluation import TestExample
 from worker.protocol import CheckpointSaved, Message
@@ -103,8 +103,11 @@ class CheckpointSelector(TrainerCallback):
         settings, seed = self.config.evaluation, self.config.training.seed
         self.backend.for_inference(model)
         try:
-            generate = evaluation.model_generate(model, self.tokenizer, settings, self.template.stop_word, seed)
-            metrics, _ = evaluation.score(self.examples, generate, batch_size=settings.batch_size)
+            on_gpu = next(model.parameters()).device.type == "cuda"
+            rows = generation.batch_rows(len(self.examples), generation.resolved_batch(settings.batch_size, on_gpu))
+            generate = evaluation.model_generator(model, self.tokenizer, settings, self.template.stop_word, seed, rows)
+            order = generation.by_length(generate.lengths([e.prompt for e in self.examples]))
+            metrics, _ = evaluation.score(self.examples, generate, batch_size=rows, order=order)
         finally:
             self.backend.for_training(model, self.config)
         value = metrics.get(self.metric)

@@ -23,6 +23,7 @@ def test_defaults_are_the_specs_standard_config() -> None:
         "num_gpus": 1,
         "auto_batch_memory_fraction": 0.9,
         "select_checkpoint": None,
+        "auto_retry": True,
     }
     # The template is inferred from the model (gemma-3 for the spec's gemma-3-4b-it and the embedded model).
     expected["dataset"] = SPEC_CONFIG["dataset"] | {
