@@ -1,10 +1,12 @@
 """The real embedded Gemma 3 270M, trained for a few steps by the real service (slow: minutes on a CPU):
 baseline -> finetune -> evaluate -> gates, with the files, the job and the API telling one story; and
 training.select_checkpoint best: a learning rate too high for the model makes the validation loss worst at the
-last step, so the LoRA saved and merged is the earlier checkpoint's."""
+last step, so the LoRA saved and merged is the earlier checkpoint's. Then a well-trained job is promoted, a job
+on worse data fails no-regression against it with its flips listed, and release.json and reverify hold."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -89,3 +91,65 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
     assert tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False).startswith(
         "<bos><start_of_turn>user\nHi<end_of_turn>"
     )
+
+    # The overfit job fails its gates and cannot be promoted; one trained well can. Promoted, it is the project's
+    # accepted model, and a job on worse data (every answer moved to the next question) is then held to it on the
+    # same test split: it fails no-regression, with its flips listed.
+    refused = client.post(f"/api/training/jobs/{job_id}/promote")
+    assert refused.status_code == 409 and refused.json()["code"] == "gate_failed", refused.text
+    good = config | {
+        "training": config["training"] | {"per_device_train_batch_size": 4, "max_steps": 12, "learning_rate": 1e-3}
+    }
+    accepted = finished(client, good, "the well-trained job")
+    assert accepted["status"] == "succeeded", (accepted["error"], processes.log_text())
+    accepted_id = accepted["id"]
+    promoted = client.post(f"/api/training/jobs/{accepted_id}/promote", json={"note": "first cut", "by": "ci"})
+    assert promoted.status_code == 200, promoted.text
+    rows = [json.loads(line) for line in (project / "data/splits/train.jsonl").read_text().splitlines()]
+    answers = [row["conversations"][-1]["content"] for row in rows]
+    for row, answer in zip(rows, answers[1:] + answers[:1], strict=True):
+        row["conversations"][-1]["content"] = answer
+    (project / "data/worse.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    worse = finished(client, good | {"dataset": {"path": "data/worse.jsonl"}}, "the job on worse data")
+    worse_id = worse["id"]
+    assert worse["status"] == "succeeded" and worse["accepted_job_id"] == accepted_id, (worse["error"], worse)
+    regression = next(g for g in worse["gates"]["gates"] if g["name"] == "no-regression")
+    print("EMBEDDED NO-REGRESSION", json.dumps(regression))
+    assert regression["status"] == "failed", regression
+    assert regression["details"]["fine_tuned"] > regression["details"]["accepted"] * 1.02  # test_loss: lower is better
+    comparison = json.loads((project / "runs" / worse_id / "metrics/comparison.json").read_text())
+    flips = comparison["right_to_wrong"] + comparison["wrong_to_right"]
+    print("EMBEDDED FLIPS", json.dumps(flips, ensure_ascii=False)[:2000])
+    assert (
+        comparison["accepted_job_id"] == accepted_id
+        and len(comparison["right_to_wrong"]) == regression["details"]["right_to_wrong"]
+    )
+    assert all(row["answer"] != row["accepted_answer"] for row in flips)
+    assert comparison["right_to_wrong"], flips  # greedy on a CPU: 1 flip here (a price answer lost)
+    refused = client.post(f"/api/training/jobs/{worse_id}/promote").json()
+    assert refused["code"] == "gate_failed" and "no-regression" in refused["message"]
+
+    # The accepted job's release record hashes its files; a changed byte afterwards is reported by reverify.
+    run = project / "runs" / accepted_id
+    record = json.loads((run / "release.json").read_text())
+    for item in record["artifacts"]:
+        assert hashlib.sha256((run / item["path"]).read_bytes()).hexdigest() == item["sha256"], item["path"]
+    assert client.post(f"/api/training/jobs/{accepted_id}/reverify").json()["unchanged"] is True
+    adapter = run / "models/checkpoints/lora/adapter_config.json"
+    adapter.write_text(adapter.read_text() + " ")
+    changed = client.post(f"/api/training/jobs/{accepted_id}/reverify").json()
+    assert [(d["path"], d["change"]) for d in changed["differences"]] == [
+        ("models/checkpoints/lora/adapter_config.json", "changed")
+    ], changed
+
+
+def finished(client: httpx.Client, config: dict, what: str) -> dict:
+    """Submit a job and wait for it to end; the job as the API then shows it."""
+    job_id = client.post("/api/training", json=config).json()["id"]
+    wait_for(
+        lambda: client.get(f"/api/training/jobs/{job_id}").json()["status"] not in ("queued", "running"),
+        900,
+        what,
+        interval=1.0,
+    )
+    return dict(client.get(f"/api/training/jobs/{job_id}").json())
