@@ -65,22 +65,19 @@ def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]
 
 
 def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str, max_new: int) -> dict[str, Any]:
+    from app.training_config import EvaluationSection
     from worker import evaluation, generation
 
-    stops = generation.stop_ids(tokenizer, stop)
-    if variant == "before":
-        rows, order, fixed = 8, list(range(len(examples))), False
-    else:
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        rows, fixed = generation.batch_rows(len(examples), generation.resolved_batch("auto", on_gpu)), None
-        order = None
-    generate = generation.Generator(
-        model, tokenizer, max_new_tokens=max_new, stop_ids=stops, rows=rows, fixed_shapes=fixed
-    )
-    if order is None:
-        order = generation.by_length(generate.lengths([e.prompt for e in examples]))
     started = time.monotonic()
-    _, samples = evaluation.score(examples, generate, batch_size=rows, order=order)
+    if variant == "before":  # 8 at a time in file order, each batch padded to its own longest prompt
+        stops = generation.stop_ids(tokenizer, stop)
+        generate = generation.Generator(
+            model, tokenizer, max_new_tokens=max_new, stop_ids=stops, rows=8, fixed_shapes=False
+        )
+        _, samples = evaluation.score(examples, generate, batch_size=8)
+    else:  # the evaluate step's own path, evaluation.batch_size auto
+        settings = EvaluationSection(max_new_tokens=max_new)
+        generate, _, samples = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
     wall = time.monotonic() - started
     return {
         "variant": variant,

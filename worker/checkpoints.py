@@ -22,7 +22,7 @@ from app.datasets.templates import ChatTemplate
 from app.files import write_json
 from app.run_folder import RunFolder
 from app.training_config import LOWER_IS_BETTER, PERPLEXITY, TrainingConfig
-from worker import evaluation, generation, ranks
+from worker import evaluation, ranks
 from worker.backends import Backend
 from worker.evaluation import TestExample
 from worker.protocol import CheckpointSaved, Message
@@ -103,11 +103,9 @@ class CheckpointSelector(TrainerCallback):
         settings, seed = self.config.evaluation, self.config.training.seed
         self.backend.for_inference(model)
         try:
-            on_gpu = next(model.parameters()).device.type == "cuda"
-            rows = generation.batch_rows(len(self.examples), generation.resolved_batch(settings.batch_size, on_gpu))
-            generate = evaluation.model_generator(model, self.tokenizer, settings, self.template.stop_word, seed, rows)
-            order = generation.by_length(generate.lengths([e.prompt for e in self.examples]))
-            metrics, _ = evaluation.score(self.examples, generate, batch_size=rows, order=order)
+            _, metrics, _ = evaluation.answer(
+                model, self.tokenizer, self.examples, settings, self.template.stop_word, seed
+            )
         finally:
             self.backend.for_training(model, self.config)
         value = metrics.get(self.metric)

@@ -25,7 +25,7 @@ from app.files import write_json
 from app.models import GateName, GateResult, GateStatus
 from app.run_folder import RunFolder
 from app.training_config import EXACT_MATCH, LOCALIZATION_SCORE, LOWER_IS_BETTER, TOKEN_F1, GatesSection
-from worker.evaluation import slice_metrics
+from worker.evaluation import read_samples, slice_metrics
 
 log = logging.getLogger("forge.worker.job")
 
@@ -48,10 +48,9 @@ def read(folder: RunFolder, stage: str) -> Scored | None:
     """A run folder's scoring of one stage (baseline, evaluate); None when its files are missing or unreadable."""
     try:
         report = json.loads(folder.metrics("baseline" if stage == "baseline" else "evaluate").read_text())
-        lines = folder.samples.read_text(encoding="utf-8").splitlines()
+        rows = read_samples(folder.samples, stage)
     except (OSError, ValueError):
         return None
-    rows = [row for line in lines if line.strip() for row in [json.loads(line)] if row.get("stage") == stage]
     return Scored(report["metrics"], rows) if rows else None
 
 

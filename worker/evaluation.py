@@ -181,6 +181,28 @@ def model_generator(
     )
 
 
+def answer(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[TestExample],
+    settings: EvaluationSection,
+    stop_word: str,
+    seed: int,
+    progress: Progress | None = None,
+) -> tuple[generation.Generator, dict[str, float | None], list[dict[str, Any]]]:
+    """The examples answered as the evaluation steps answer them: longest first, in batches of one size
+    (settings.batch_size resolved for the model's device). Returns the generator (its throughput; more prompts
+    at the same shape), the metrics and one sample row per example, with whether it ended its turn."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    rows = generation.batch_rows(len(examples), generation.resolved_batch(settings.batch_size, on_gpu))
+    generate = model_generator(model, tokenizer, settings, stop_word, seed, rows)
+    order = generation.by_length(generate.lengths([e.prompt for e in examples]))
+    metrics, samples = score(examples, generate, batch_size=rows, progress=progress, order=order)
+    for i, ended in zip(order, generate.ended, strict=True):
+        samples[i]["ended_turn"] = ended
+    return generate, metrics, samples
+
+
 def answer_loss(
     model: Any,
     tokenizer: Any,
@@ -254,16 +276,13 @@ def score_stage(
         max_length=config.model.max_seq_length,
         batch_size=largest if isinstance(settings.batch_size, int) else min(largest, generation.LOSS_BATCH),
     )
-    rows = generation.batch_rows(len(examples), largest)
-    generate = model_generator(model, tokenizer, settings, template.stop_word, config.training.seed, rows)
-    order = generation.by_length(generate.lengths([e.prompt for e in examples]))
-    metrics, samples = score(examples, generate, batch_size=rows, progress=progress, order=order)
-    for i, ended in zip(order, generate.ended, strict=True):
-        samples[i]["ended_turn"] = ended
+    generate, metrics, samples = answer(
+        model, tokenizer, examples, settings, template.stop_word, config.training.seed, progress
+    )
     decoding = generate.throughput()
     prompts = settings.inference_prompts if stage == "evaluate" else []
     asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    answers = [a for batch in batches(asked, rows) for a in generate(list(batch))]
+    answers = [a for batch in batches(asked, generate.rows) for a in generate(list(batch))]
     report = {
         "stage": stage,
         "model": config.model.name + (" + LoRA (fine-tuned)" if stage == "evaluate" else " (base)"),
@@ -282,17 +301,17 @@ def score_stage(
 # ------------------------------------------------------------------------------------------------- files
 
 
+def read_samples(path: Path, stage: str | None = None) -> list[dict[str, Any]]:
+    """The rows of samples.jsonl, of one stage or all ([] when there is no file yet)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in rows if stage is None or row.get("stage") == stage]
+
+
 def write_samples(path: Path, stage: str, rows: list[dict[str, Any]]) -> None:
     """Replace one stage's rows in samples.jsonl (baseline, evaluate, inference), keeping the other stages'."""
-    kept = []
-    if path.is_file():
-        kept = [
-            row
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-            for row in [json.loads(line)]
-            if row.get("stage") != stage
-        ]
+    kept = [row for row in read_samples(path) if row.get("stage") != stage]
     order = {"baseline": 0, "evaluate": 1, "inference": 2}
     merged = sorted(kept + [{"stage": stage, **row} for row in rows], key=lambda r: order.get(r["stage"], 3))
     files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged))

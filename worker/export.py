@@ -190,10 +190,9 @@ class Reference:
 def evaluated_reference(config: TrainingConfig, run: RunFolder, examples: Sequence[TestExample]) -> Reference | None:
     """The evaluate step's greedy answers to the first test prompts (metrics/samples.jsonl), when it wrote them:
     the same model, prompts and decoding the GGUF check needs, so the merged model need not answer them again."""
-    if config.evaluation.do_sample or not config.evaluation.evaluate or not run.samples.is_file():
+    if config.evaluation.do_sample or not config.evaluation.evaluate:
         return None
-    lines = run.samples.read_text(encoding="utf-8").splitlines()
-    rows = {r["index"]: r for r in map(json.loads, filter(str.strip, lines)) if r.get("stage") == "evaluate"}
+    rows = {r["index"]: r for r in evaluation.read_samples(run.samples, "evaluate")}
     count = 0  # the leading test prompts the evaluate step answered, as the GGUF check asks them
     while count < len(examples) and rows.get(count, {}).get("prompt") == examples[count].prompt:
         if "ended_turn" not in rows[count]:
