@@ -26,7 +26,7 @@ demo: install
 ## Lint, type-check and the whole CPU suite (fast tests and the slow ones on the real embedded model): two test
 ## processes at once (a test mostly waits on the service's processes), then the tests that assert latencies alone.
 test: install lint system
-	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial" --durations=25
 	$(BIN)/pytest -m serial
 
 lint: install

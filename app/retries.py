@@ -8,12 +8,14 @@ retry runs with. The queue's transition is app.jobs.retry; the worker loop asks 
 
 from __future__ import annotations
 
+import shutil
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
 
 from app.models import Job, JobKind, JobPhase
+from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
 
 RetryReason = Literal["out_of_memory", "diverged"]
@@ -78,3 +80,17 @@ def describe(retry: Retry) -> str:
     steps = retry.changes["training.gradient_accumulation_steps"][1]
     where = f"from {retry.resume_from}" if retry.resume_from else "from the start"
     return f"retrying {where} with batch {batch} x {steps} after running out of memory at step {retry.step}"
+
+
+def clear_failed_attempt(job: Job, folder: RunFolder) -> bool:
+    """Run by a worker that just claimed `job`: when this is the first attempt after a retry, the failed attempt's
+    measured batch goes (recipe.batch_plan would keep it on a resume), and so do its checkpoints when the retry
+    starts over (they must neither be resumed nor outrank the new ones: save_total_limit keeps the newest).
+    Cleared by the attempt that holds the job, not by the one that failed: by the time the requeue lands, the
+    folder may be another worker's. A later attempt (the retry resumed after a shutdown) keeps its own files."""
+    if not job.retries or job.retries[-1]["attempt"] != job.attempt - 1:
+        return False
+    folder.batch_size.unlink(missing_ok=True)
+    if job.resume_from is None:
+        shutil.rmtree(folder.output_dir, ignore_errors=True)
+    return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def _when(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dict[str, Any]:
+def run_job(base: str, project: Path, config: dict[str, Any], label: str, prune: bool) -> dict[str, Any]:
     from bench.service import run_to_end
 
     submitted = time.time()
@@ -56,10 +57,14 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str) -> dic
     result = job["result"]
     seconds = result["phase_seconds"]
     whole = _when(job["finished_at"]) - submitted
-    metrics = project / "runs" / job["id"] / "metrics"
+    run = project / "runs" / job["id"]
+    metrics = run / "metrics"
     stats = json.loads((metrics / "training-stats.json").read_text())
     baseline = json.loads((metrics / "baseline.json").read_text()) if (metrics / "baseline.json").is_file() else {}
     first_step = next((e["time"] for e in stats.get("log_history", []) if "time" in e), None)
+    if prune:  # a 4B job leaves ~13 GB of merged model and GGUF: three of them fill a 64 GiB disk
+        for path in (*run.glob("models/merged*"), *run.rglob("*.gguf")):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return {
         "job": label,
         "id": job["id"],
@@ -85,6 +90,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--prune", action="store_true", help="delete each job's merged model and GGUF files after it")
     a = parser.parse_args()
 
     from app import embedded
@@ -116,6 +122,9 @@ def main() -> None:
         "save": {"gguf_quantization": a.gguf} if a.gguf != "none" else {"gguf_path": None},
         "backend": a.backend,
     }
+    summary = {"shape": a.shape, "test_rows": a.test_rows, "steps": a.steps, "backend": a.backend, "gguf": a.gguf}
+    if device == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name()
     api = _start("app", env, work / "api.log")
     worker = _start("worker", env, work / "worker.log")
     rows = []
@@ -124,21 +133,17 @@ def main() -> None:
 
         base = f"http://127.0.0.1:{a.port}"
         wait_for_api(base, tries=120)
-        rows.append(run_job(base, project, config, "cold"))
-        other = config | {"dataset": {"path": "data/other-train.jsonl"}}
-        rows.append(run_job(base, project, other, "warm worker, other data"))
-        _stop(worker)
-        worker = _start("worker", env, work / "worker.log")
-        reseeded = config | {"training": {"max_steps": a.steps, "seed": 7}}
-        rows.append(run_job(base, project, reseeded, "restarted worker"))
+        jobs = [("cold", config), ("warm worker, other data", config | {"dataset": {"path": "data/other-train.jsonl"}})]
+        jobs.append(("restarted worker", config | {"training": {"max_steps": a.steps, "seed": 7}}))
+        for label, posted in jobs:
+            if label == "restarted worker":
+                _stop(worker)
+                worker = _start("worker", env, work / "worker.log")
+            rows.append(run_job(base, project, posted, label, a.prune))
+            print("JOB PHASES", json.dumps({**summary, **rows[-1]}), flush=True)  # each as it ends: a run may be cut
     finally:
         _stop(worker)
         _stop(api)
-    summary = {"shape": a.shape, "test_rows": a.test_rows, "steps": a.steps, "backend": a.backend, "gguf": a.gguf}
-    if device == "cuda":
-        summary["gpu"] = torch.cuda.get_device_name()
-    for row in rows:
-        print("JOB PHASES", json.dumps({**summary, **row}))
     if a.json:
         a.json.write_text(json.dumps({**summary, "jobs": rows}, indent=2))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -165,6 +164,8 @@ class Worker:
             )
             self._finish(job, Ending(Failed(code=code, message=message)), None)
             return None
+        if retries.clear_failed_attempt(job, RunFolder.of(self.settings.runs_dir, job)):
+            log.info("job %s: the failed attempt's batch size and checkpoints to start over from cleared", job.id)
         resuming = f", resuming from {job.resume_from}" if job.resume_from else ""
         log.info("job %s: claimed (attempt %d)%s", job.id, job.attempt, resuming)
         self._write_status()
@@ -310,12 +311,9 @@ class Worker:
         if planned is None:
             return False
         retry, config = planned
-        folder = RunFolder.of(self.settings.runs_dir, job)
-        # The resumed attempt must not keep the first attempt's measured batch (recipe.batch_plan would).
-        folder.batch_size.unlink(missing_ok=True)
-        if retry.resume_from is None:  # starting over: the failed run's checkpoints must not be resumed or outrank
-            shutil.rmtree(folder.output_dir, ignore_errors=True)  # the new ones (save_total_limit keeps the newest)
         log.warning("job %s: %s", job.id, retries.describe(retry))
+        # The failed attempt's files are cleared by the retried attempt itself, once it holds the job (_start):
+        # cleared here, before the requeue lands, they could be another worker's by then.
         return jobs.retry(session, job, retry, config) is not None
 
     def _write_status(self) -> None:

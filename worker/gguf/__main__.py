@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS
+from worker.gguf.batched import Answer, BatchedGreedy
+
+# Answers generated together in one llama.cpp context (one sequence each): the GGUF check asks for at most 32.
+PARALLEL_ANSWERS = 32
 
 
 def _threads() -> int:
@@ -61,16 +64,24 @@ def _generate(args: argparse.Namespace) -> None:
     end_of_turn = llm.tokenize(args.end_of_turn.encode(), add_bos=False, special=True) if args.end_of_turn else []
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     end_of_turn_stops = len(end_of_turn) == 1 and bool(llama_cpp.llama_vocab_is_eog(vocab, end_of_turn[0]))
-    predictions, ended_turn, completion_tokens = [], [], 0
-    for i, messages in enumerate(prompts, start=1):
-        out: Any = llm.create_chat_completion(
-            messages=messages, max_tokens=args.max_new_tokens, temperature=0.0, repeat_penalty=1.0
-        )
-        predictions.append((out["choices"][0]["message"]["content"] or "").strip())
-        # "stop": it generated a token that ends generation (end of turn, EOS); "length": cut at max_tokens.
-        ended_turn.append(out["choices"][0]["finish_reason"] == "stop")
-        completion_tokens += out["usage"]["completion_tokens"]
-        print(f"forge-progress {i}/{len(prompts)}", file=sys.stderr, flush=True)
+    # Rendered and tokenized as create_chat_completion does it (the template writes <bos> itself), then answered
+    # together (batched.py), at most PARALLEL_ANSWERS at a time.
+    rendered = [llm.tokenize(formatter(messages=m).prompt.encode(), add_bos=False, special=True) for m in prompts]
+    answers: list[Answer] = []
+    for first in range(0, len(rendered), PARALLEL_ANSWERS):
+        group = BatchedGreedy(llm, rendered[first : first + PARALLEL_ANSWERS], args.max_new_tokens, threads)
+
+        def progress(done: int, before: int = len(answers)) -> None:
+            print(f"forge-progress {before + done}/{len(prompts)}", file=sys.stderr, flush=True)
+
+        try:
+            answers += group.run(progress)
+        finally:
+            group.close()
+    # As create_chat_completion writes the text: special tokens and broken UTF-8 dropped.
+    predictions = [llm.detokenize(a.tokens).decode("utf-8", errors="ignore").strip() for a in answers]
+    ended_turn = [a.ended_turn for a in answers]
+    completion_tokens = sum(len(a.tokens) for a in answers)
     generated = time.monotonic()
     write_json(
         Path(args.result),
