@@ -11,11 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS
-from worker.gguf.batched import Answer, BatchedGreedy
-
-# Answers generated together in one llama.cpp context (one sequence each): the GGUF check asks for at most 32.
-PARALLEL_ANSWERS = 32
+from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS, batched
 
 
 def _threads() -> int:
@@ -42,7 +38,6 @@ def _quantize(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     import llama_cpp
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from app.files import write_json
 
@@ -54,43 +49,25 @@ def _generate(args: argparse.Namespace) -> None:
     template = llm.metadata.get("tokenizer.chat_template")
     if template is None:
         raise SystemExit(f"{args.model} has no chat template (tokenizer.chat_template); it would chat as llama-2")
-
-    def text_of(token: int) -> str:
-        return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-    # The formatter llama-cpp-python builds from the file's template; kept to show the prompt it renders.
-    formatter = Jinja2ChatFormatter(template, eos_token=text_of(llm.token_eos()), bos_token=text_of(llm.token_bos()))
     # Whether the template's end of turn is one token that ends generation here: else no answer can end on it.
     end_of_turn = llm.tokenize(args.end_of_turn.encode(), add_bos=False, special=True) if args.end_of_turn else []
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     end_of_turn_stops = len(end_of_turn) == 1 and bool(llama_cpp.llama_vocab_is_eog(vocab, end_of_turn[0]))
-    # Rendered and tokenized as create_chat_completion does it (the template writes <bos> itself), then answered
-    # together (batched.py), at most PARALLEL_ANSWERS at a time.
-    rendered = [llm.tokenize(formatter(messages=m).prompt.encode(), add_bos=False, special=True) for m in prompts]
-    answers: list[Answer] = []
-    for first in range(0, len(rendered), PARALLEL_ANSWERS):
-        group = BatchedGreedy(llm, rendered[first : first + PARALLEL_ANSWERS], args.max_new_tokens, threads)
 
-        def progress(done: int, before: int = len(answers)) -> None:
-            print(f"forge-progress {before + done}/{len(prompts)}", file=sys.stderr, flush=True)
+    def progress(done: int) -> None:
+        print(f"forge-progress {done}/{len(prompts)}", file=sys.stderr, flush=True)
 
-        try:
-            answers += group.run(progress)
-        finally:
-            group.close()
-    # As create_chat_completion writes the text: special tokens and broken UTF-8 dropped.
-    predictions = [llm.detokenize(a.tokens).decode("utf-8", errors="ignore").strip() for a in answers]
-    ended_turn = [a.ended_turn for a in answers]
-    completion_tokens = sum(len(a.tokens) for a in answers)
+    answers = batched.chat_answers(llm, prompts, args.max_new_tokens, threads, progress)
     generated = time.monotonic()
+    completion_tokens = sum(len(a.tokens) for a in answers)
     write_json(
         Path(args.result),
         {
-            "predictions": predictions,
-            "ended_turn": ended_turn,
+            "predictions": [a.text for a in answers],
+            "ended_turn": [a.ended_turn for a in answers],
             "end_of_turn_stops": end_of_turn_stops,
             "chat_template": template,
-            "prompt": formatter(messages=prompts[0]).prompt,
+            "prompt": batched.formatter(llm)(messages=prompts[0]).prompt,  # the first prompt as llama.cpp sees it
             "load_seconds": round(loaded - started, 3),
             "generate_seconds": round(generated - loaded, 3),
             "completion_tokens": completion_tokens,

@@ -20,11 +20,16 @@ import numpy as np
 _CELLS = 256
 
 
+# Answers generated together in one context (one sequence each): the GGUF check asks for at most 32.
+PARALLEL_ANSWERS = 32
+
+
 @dataclass
 class Answer:
     tokens: list[int] = field(default_factory=list)
     ended_turn: bool = False  # it generated a token that ends generation (end of turn, EOS)
     done: bool = False
+    text: str = ""
 
 
 class BatchedGreedy:
@@ -94,3 +99,42 @@ class BatchedGreedy:
                 self._take(answers[s], self._greedy(row))
             progress(sum(answer.done for answer in answers))
         return answers
+
+
+def formatter(llm: Any) -> Any:
+    """The chat formatter llama-cpp-python builds from the file's own template (a file has one: checked before)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def text_of(token: int) -> str:
+        return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    template = llm.metadata["tokenizer.chat_template"]
+    return Jinja2ChatFormatter(template, eos_token=text_of(llm.token_eos()), bos_token=text_of(llm.token_bos()))
+
+
+def chat_answers(
+    llm: Any,
+    conversations: Sequence[Any],
+    max_new_tokens: int,
+    threads: int,
+    progress: Callable[[int], None] = lambda done: None,
+) -> list[Answer]:
+    """Greedy answers to chat `conversations` through the file's template, PARALLEL_ANSWERS at a time: rendered
+    and tokenized as create_chat_completion does it (the template writes <bos> itself), and written as it writes
+    them (special tokens and broken UTF-8 dropped). `progress` is told how many are done."""
+    render = formatter(llm)
+    prompts = [llm.tokenize(render(messages=m).prompt.encode(), add_bos=False, special=True) for m in conversations]
+    answers: list[Answer] = []
+    for first in range(0, len(prompts), PARALLEL_ANSWERS):
+        group = BatchedGreedy(llm, prompts[first : first + PARALLEL_ANSWERS], max_new_tokens, threads)
+
+        def group_progress(done: int, before: int = len(answers)) -> None:
+            progress(before + done)
+
+        try:
+            answers += group.run(group_progress)
+        finally:
+            group.close()
+    for answer in answers:
+        answer.text = llm.detokenize(answer.tokens).decode("utf-8", errors="ignore").strip()
+    return answers

@@ -40,7 +40,7 @@ def test_answers_together_equal_one_prompt_at_a_time(
     request, result = tmp_path / "request.json", tmp_path / "result.json"
     request.write_text(json.dumps({"prompts": PROMPTS}))
     code = (
-        f"from worker.gguf import __main__ as m; m.PARALLEL_ANSWERS = 3; "
+        f"from worker.gguf import __main__ as m, batched; batched.PARALLEL_ANSWERS = 3; "
         f"m.main({['generate', str(tiny_gguf), str(request), str(result), '--max-new-tokens', str(MAX_NEW_TOKENS)]})"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
