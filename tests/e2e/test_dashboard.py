@@ -236,12 +236,16 @@ def test_live_curve_then_results_of_the_finished_job(service: Service, browser: 
         )
     )
     assert {"token_f1", "exact_match", "test_loss"} <= set(metrics)
-    gates = browser.execute_script(
-        "return [...document.querySelectorAll('#gates li[data-gate]')]"
-        ".map(g => [g.dataset.gate, (g.querySelector('.reason') || {}).innerText || ''])"
-    )
-    assert {"baseline-established", "model-performance", "loss-converged"} <= {name for name, _ in gates}
-    assert all(reason for _, reason in gates), "every gate says why"
+
+    def gates() -> list[list[str]]:  # the gates arrive with the job's last events, maybe after the metrics
+        return browser.execute_script(  # type: ignore[no-any-return]
+            "return [...document.querySelectorAll('#gates li[data-gate]')]"
+            ".map(g => [g.dataset.gate, (g.querySelector('.reason') || {}).innerText || ''])"
+        )
+
+    wanted = {"baseline-established", "model-performance", "loss-converged"}
+    wait_for(lambda: wanted <= {name for name, _ in gates()}, 30, "the gates list")
+    assert all(reason for _, reason in gates()), "every gate says why"
     links = browser.execute_script("return [...document.querySelectorAll('#artifacts a.download')].map(a => a.href)")
     assert any(h.endswith("/artifacts/metrics/gates.json") for h in links), links
     assert httpx.get(links[0], timeout=30).status_code == 200
