@@ -84,11 +84,17 @@ class CheckpointSelector(TrainerCallback):
         if not ranks.leader():  # rank 0 scores and keeps; the other ranks wait for it at the next step
             return
         model = kwargs["model"]
-        score = self.score(model, (metrics or {}).get("eval_loss"))
         step = int(state.global_step)
+        # The last step as the only candidate (one epoch, no eval_steps: the spec's standard config) is the pick
+        # whatever it scores; generating validation answers for it would only cost time. A loss costs nothing.
+        only = not self.scored and step >= state.max_steps
+        score = None if only and not self.lower else self.score(model, (metrics or {}).get("eval_loss"))
         entry: dict[str, Any] = {"step": step, "epoch": round(float(state.epoch or 0.0), 4), "score": score}
         self.scored = [c for c in self.scored if c["step"] != entry["step"]] + [entry]
-        if score is not None and (self.best is None or self.better(score, self.best["score"])):
+        if only:
+            self.best = entry  # the weights in the model now: nothing to keep aside
+            log.info("checkpoint at step %d: the only candidate, picked without scoring", step)
+        elif score is not None and (self.best is None or self.better(score, self.best["score"])):
             self.best = entry
             self.keep(model)
         log.info("checkpoint at step %d: %s %s", step, self.metric, score)

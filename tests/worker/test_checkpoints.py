@@ -85,3 +85,28 @@ def test_best_without_a_validation_split_is_refused(project: Path, tiny_model_di
     assert "dataset.val_path" in str(caught.value)
     # Left out, it resolves to last: the job is accepted.
     resolve(TrainingConfig.model_validate(tiny_config(tiny_model_dir)), project=project, model_dirs=[models_root])
+
+
+def test_the_last_step_as_the_only_candidate_is_picked_without_answering(
+    tmp_path: Path, tiny_model_dir: Path, models_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One evaluation point (the epoch's end, no eval_steps), as in the spec's standard config: a choice of one needs
+    no score, so no validation answers are generated for it; the pick is the last step."""
+    project = tmp_path / "project"
+    _rows(project / "data/splits/train.jsonl", "The answer is four.", 4)
+    _rows(project / "data/splits/val.jsonl", "Four.", 4)
+    _rows(project / "data/splits/test.jsonl", "It is four.", 2)
+    config = tiny_config(tiny_model_dir, max_steps=2, num_train_epochs=1)
+    config["evaluation"] = {"baseline": False, "max_new_tokens": 2, "max_examples": 2}
+    config = TrainingConfig.model_validate(config).model_dump(mode="json")
+    run_dir = tmp_path / "run"
+    spec = JobSpec("job-one", config, str(run_dir), str(project), str(cache_dir()), model_dirs=[str(models_root)])
+    sent = Sent()
+    with caplog.at_level("INFO", logger="forge.worker.job"):
+        result = LoraRecipe(spec, Reporter(sent, SimpleNamespace(value=0))).run()
+
+    report = json.loads((run_dir / "metrics/checkpoints.json").read_text())
+    assert report["checkpoints"] == [{"step": 2, "epoch": 1.0, "score": None}]
+    assert (report["picked_step"], report["picked_last"], report["metric"]) == (2, True, "token_f1")
+    assert result.checkpoint == {"picked_step": 2, "metric": "token_f1", "score": None}
+    assert "checkpoint at step 2: the only candidate, picked without scoring" in caplog.text
