@@ -133,10 +133,11 @@ def main() -> None:
 
         base = f"http://127.0.0.1:{a.port}"
         wait_for_api(base, tries=120)
-        jobs = [("cold", config), ("warm worker, other data", config | {"dataset": {"path": "data/other-train.jsonl"}})]
-        jobs.append(("restarted worker", config | {"training": {"max_steps": a.steps, "seed": 7}}))
-        for label, posted in jobs:
-            if label == "restarted worker":
+        other = config | {"dataset": {"path": "data/other-train.jsonl"}}
+        reseeded = config | {"training": {"max_steps": a.steps, "seed": 7}}
+        jobs = [("cold", config, False), ("warm worker, other data", other, False)]
+        for label, posted, restart in [*jobs, ("restarted worker", reseeded, True)]:
+            if restart:
                 _stop(worker)
                 worker = _start("worker", env, work / "worker.log")
             rows.append(run_job(base, project, posted, label, a.prune))

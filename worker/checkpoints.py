@@ -93,11 +93,13 @@ class CheckpointSelector(TrainerCallback):
         self.scored = [c for c in self.scored if c["step"] != entry["step"]] + [entry]
         if only:
             self.best = entry  # the weights in the model now: nothing to keep aside
-            log.info("checkpoint at step %d: the only candidate, picked without scoring", step)
         elif score is not None and (self.best is None or self.better(score, self.best["score"])):
             self.best = entry
             self.keep(model)
-        log.info("checkpoint at step %d: %s %s", step, self.metric, score)
+        if only and score is None:
+            log.info("checkpoint at step %d: the only candidate, picked without scoring", step)
+        else:
+            log.info("checkpoint at step %d: %s %s", step, self.metric, score)
         self.report(CheckpointSaved(step=step, metric=self.metric, score=score))
         self.write(last_step=None)
 

@@ -154,7 +154,8 @@ class Worker:
 
     def _start(self, job: Job, heartbeat: Heartbeat) -> _Child | None:
         """The job's run folder made and its training process given the job; None when the job ended before."""
-        run_dir = RunFolder.of(self.settings.runs_dir, job).root
+        folder = RunFolder.of(self.settings.runs_dir, job)
+        run_dir = folder.root
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a full disk, or no permission: this job fails, the worker goes on
@@ -164,8 +165,9 @@ class Worker:
             )
             self._finish(job, Ending(Failed(code=code, message=message)), None)
             return None
-        if retries.clear_failed_attempt(job, RunFolder.of(self.settings.runs_dir, job)):
-            log.info("job %s: the failed attempt's batch size and checkpoints to start over from cleared", job.id)
+        if retries.clear_failed_attempt(job, folder):
+            left = "measured batch size" + ("" if job.resume_from else " and checkpoints")
+            log.info("job %s: cleared the failed attempt's %s before retrying", job.id, left)
         resuming = f", resuming from {job.resume_from}" if job.resume_from else ""
         log.info("job %s: claimed (attempt %d)%s", job.id, job.attempt, resuming)
         self._write_status()

@@ -28,7 +28,6 @@ PARALLEL_ANSWERS = 32
 class Answer:
     tokens: list[int] = field(default_factory=list)
     ended_turn: bool = False  # it generated a token that ends generation (end of turn, EOS)
-    done: bool = False
     text: str = ""
 
 
@@ -38,7 +37,7 @@ class BatchedGreedy:
     def __init__(self, llm: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, threads: int) -> None:
         import llama_cpp
 
-        self.lib, self.llm, self.prompts, self.max_new_tokens = llama_cpp, llm, prompts, max_new_tokens
+        self.lib, self.prompts, self.max_new_tokens = llama_cpp, prompts, max_new_tokens
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         longest = max(len(p) for p in prompts)
@@ -78,10 +77,12 @@ class BatchedGreedy:
 
     def _take(self, answer: Answer, token: int) -> None:
         if self.lib.llama_vocab_is_eog(self.vocab, token):
-            answer.ended_turn = answer.done = True
-            return
-        answer.tokens.append(token)
-        answer.done = len(answer.tokens) >= self.max_new_tokens
+            answer.ended_turn = True
+        else:
+            answer.tokens.append(token)
+
+    def _done(self, answer: Answer) -> bool:
+        return answer.ended_turn or len(answer.tokens) >= self.max_new_tokens
 
     def run(self, progress: Callable[[int], None] = lambda done: None) -> list[Answer]:
         """Every answer; `progress` is told how many are done after each step."""
@@ -91,13 +92,13 @@ class BatchedGreedy:
         for sequence, prompt in enumerate(self.prompts):
             self._decode([(token, i, sequence, i == len(prompt) - 1) for i, token in enumerate(prompt)])
             self._take(answers[sequence], self._greedy(len(prompt) - 1))
-        while going := [s for s, answer in enumerate(answers) if not answer.done]:
+        while going := [s for s, answer in enumerate(answers) if not self._done(answer)]:
             self._decode(
                 [(answers[s].tokens[-1], len(self.prompts[s]) + len(answers[s].tokens) - 1, s, True) for s in going]
             )
             for row, s in enumerate(going):
                 self._take(answers[s], self._greedy(row))
-            progress(sum(answer.done for answer in answers))
+            progress(sum(self._done(answer) for answer in answers))
         return answers
 
 
