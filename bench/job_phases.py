@@ -1,12 +1,13 @@
 """Where a whole job's time goes: the spec's standard config as a user posts it, through the real API and worker.
 
-Three jobs on one worker: a cold one; a second on the same warm worker (same base model and test split, other
-training data: its baseline is reused); a third after the worker is restarted (compile caches warm on disk).
+Three jobs on one worker: a cold one; a second on the same warm worker (same base model, other training data; with
+`--test-rows 40,200` also another test split of 200 rows, so its baseline is computed, otherwise reused); a third
+after the worker is restarted (compile caches warm on disk), on the first split.
 Each row is read from the job's own phase timestamps (`result.phase_seconds`); `whole/training` is the job's
 wall time from submission to its end over its training phase, the issue's ratio.
 
     python bench/job_phases.py --shape gemma3-4b --test-rows 40 --json 4b-40.json     # on the GPU machine
-    python bench/job_phases.py --shape gemma3-270m --test-rows 200
+    python bench/job_phases.py --shape gemma3-270m --test-rows 40,200
     python bench/job_phases.py --shape tiny --backend transformers --steps 2 --test-rows 4 --gguf none  # CPU try
 """
 
@@ -62,6 +63,11 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str, prune:
     stats = json.loads((metrics / "training-stats.json").read_text())
     baseline = json.loads((metrics / "baseline.json").read_text()) if (metrics / "baseline.json").is_file() else {}
     first_step = next((e["time"] for e in stats.get("log_history", []) if "time" in e), None)
+    decoding = {
+        stage: json.loads((metrics / f"{name}.json").read_text()).get("decoding")
+        for stage, name in (("baseline", "baseline"), ("evaluate", "evaluation"))  # a reused baseline: its job's
+        if (metrics / f"{name}.json").is_file()
+    }
     if prune:  # a 4B job leaves ~13 GB of merged model and GGUF: three of them fill a 64 GiB disk
         for path in (*run.glob("models/merged*"), *run.rglob("*.gguf")):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -77,19 +83,21 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str, prune:
         "baseline_reused_from": (baseline.get("reused_from") or {}).get("job_id"),
         "model_kept_from": result.get("model_kept_from"),
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
+        "decoding": decoding,  # generated tokens, seconds in generate and in the answer loss, per scoring stage
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="gemma3-270m", help="gemma3-270m, gemma3-4b, llama3.1-8b, tiny")
-    parser.add_argument("--test-rows", type=int, default=40)
+    parser.add_argument("--test-rows", default="40", help="rows of the test split; N,M: the second job's is M rows")
     parser.add_argument("--steps", type=int, default=60, help="the spec's standard config trains 60 steps")
     parser.add_argument("--backend", default="unsloth")
     parser.add_argument("--gguf", default="Q8_0", help="a GGUF type to export and check, or none")
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--jobs", default="cold,warm,restarted", help="which jobs, in this order (cold comes first)")
     parser.add_argument("--prune", action="store_true", help="delete each job's merged model and GGUF files after it")
     a = parser.parse_args()
 
@@ -104,7 +112,11 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build(a.shape, work / "models" / a.shape, embedded.tokenizer_dir(cache), device=device)
-    write_splits(project / "data", sizes=(480, 24, a.test_rows))
+    counts = [int(n) for n in str(a.test_rows).split(",")]
+    write_splits(project / "data", sizes=(480, 24, counts[0]))
+    if len(counts) > 1:  # the second job's own test split
+        write_splits(work / "second", sizes=(480, 24, counts[1]))
+        shutil.copy(work / "second/splits/test.jsonl", project / "data/second-test.jsonl")
     train = (project / "data/splits/train.jsonl").read_text().splitlines()
     (project / "data/other-train.jsonl").write_text("\n".join(train[240:] + train[:240]) + "\n")
     env = dict(
@@ -134,9 +146,16 @@ def main() -> None:
         base = f"http://127.0.0.1:{a.port}"
         wait_for_api(base, tries=120)
         other = config | {"dataset": {"path": "data/other-train.jsonl"}}
+        if len(counts) > 1:
+            other["evaluation"] = config["evaluation"] | {"test_path": "data/second-test.jsonl"}
         reseeded = config | {"training": {"max_steps": a.steps, "seed": 7}}
-        jobs = [("cold", config, False), ("warm worker, other data", other, False)]
-        for label, posted, restart in [*jobs, ("restarted worker", reseeded, True)]:
+        second = "warm worker, other data" + (f", {counts[1]}-row test split" if len(counts) > 1 else "")
+        known = {
+            "cold": ("cold", config, False),
+            "warm": (second, other, False),
+            "restarted": ("restarted worker", reseeded, True),
+        }
+        for label, posted, restart in [known[name] for name in a.jobs.split(",")]:
             if restart:
                 _stop(worker)
                 worker = _start("worker", env, work / "worker.log")

@@ -63,12 +63,25 @@ def prepare_process(lease_deadline: Any, parent_pid: int | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+COMPILE_JOB_ID = "forge-trainer"  # Dynamo's profile-guided compiling is keyed by a job id, and off without one
+
+
 def use_compile_cache(spec: JobSpec) -> None:
     """Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
-    container keeps on a volume: a new process on this machine skips most of the minutes of compiling."""
+    container keeps on a volume: a new process on this machine skips most of the minutes of compiling.
+
+    Besides Inductor's and Triton's kernels, Dynamo's profile of which input dimensions changed (the packed
+    sequence length of every step) is kept there too (its local PGO, on only with a job id): a restarted worker
+    compiles those dimensions dynamic at once, instead of compiling a static graph first and again at the second
+    length it sees."""
     compile_cache = Path(spec.cache_dir) / "compile"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
+    os.environ.setdefault("TORCH_COMPILE_JOB_ID", COMPILE_JOB_ID)
+    import torch  # its config reads the job id at import; set it again where torch came in first
+
+    if torch.compiler.config.job_id is None:
+        torch.compiler.config.job_id = os.environ["TORCH_COMPILE_JOB_ID"]
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:

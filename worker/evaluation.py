@@ -211,8 +211,10 @@ def answer_loss(
     template: ChatTemplate,
     max_length: int,
     batch_size: int,
+    fixed_shapes: bool | None = None,
 ) -> dict[str, float | int | None]:
-    """Mean cross-entropy per reference-answer token (the tokens training learns from) and its perplexity."""
+    """Mean cross-entropy per reference-answer token (the tokens training learns from) and its perplexity.
+    `fixed_shapes` (default: on CUDA) gives every batch one of a few shapes, as the generation does."""
     import torch
 
     text = generation.text_tokenizer(tokenizer)
@@ -225,9 +227,20 @@ def answer_loss(
             rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     device = next(model.parameters()).device
     pad = text.pad_token_id if text.pad_token_id is not None else 0
+    # On CUDA the batches take a few fixed shapes, as the generation's do (a compiled forward compiles once per
+    # shape): longest rows first, all batches of one size (a short last one filled with rows that score nothing),
+    # right-padded to a width bucket. Padding sits after every scored token, so the loss is the unpadded one.
+    fixed = device.type == "cuda" if fixed_shapes is None else fixed_shapes
+    if fixed and rows:
+        rows.sort(key=lambda r: -len(r["input_ids"]))
+        batch_size = generation.batch_rows(len(rows), batch_size)
     total, count = 0.0, 0
     for batch in batches(rows, batch_size):
         width = max(len(r["input_ids"]) for r in batch)
+        if fixed:
+            filler = {"input_ids": batch[-1]["input_ids"], "labels": [IGNORE] * len(batch[-1]["labels"])}
+            batch = [*batch, *[filler] * (batch_size - len(batch))]
+            width = generation.bucket(width)
         ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=device)
         labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
@@ -276,10 +289,11 @@ def score_stage(
         max_length=config.model.max_seq_length,
         batch_size=largest if isinstance(settings.batch_size, int) else min(largest, generation.LOSS_BATCH),
     )
+    loss_seconds = time.monotonic() - started
     generate, metrics, samples = answer(
         model, tokenizer, examples, settings, template.stop_word, config.training.seed, progress
     )
-    decoding = generate.throughput()
+    decoding = generate.throughput() | {"answer_loss_seconds": round(loss_seconds, 3)}
     prompts = settings.inference_prompts if stage == "evaluate" else []
     asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
     answers = [a for batch in batches(asked, generate.rows) for a in generate(list(batch))]

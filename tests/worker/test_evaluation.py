@@ -143,13 +143,23 @@ def _by_hand(model: torch.nn.Module, tokenizer: object, example: evaluation.Test
 
 def test_answer_loss_is_the_mean_over_answer_tokens(tmp_path: Path, tiny: tuple) -> None:
     model, tokenizer = tiny
-    rows = [ROWS[0], ROWS[2]]  # single-answer conversations: every answer token is the reference's
+    axim = {"role": "user", "content": "Where is Axim?"}, {"role": "assistant", "content": "In Ghana's west."}
+    # Single-answer conversations: every answer token is the reference's.
+    rows = [ROWS[0], ROWS[2], {"conversations": list(axim)}]
     examples = evaluation.load_test_set(write_jsonl(tmp_path / "t.jsonl", rows), EvaluationSection())
     sums = [_by_hand(model, tokenizer, e) for e in examples]
     expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
-    for batch_size in (1, 2):  # padding a batch must not change it
+    # Padding a batch must not change it, nor must fixed shapes (CUDA's default): a width bucket of 64 tokens, a
+    # short batch filled up with a row that scores nothing.
+    for batch_size, fixed in ((1, False), (2, False), (2, True)):
         result = evaluation.answer_loss(
-            model, tokenizer, examples, template=TEMPLATES["gemma-3"], max_length=256, batch_size=batch_size
+            model,
+            tokenizer,
+            examples,
+            template=TEMPLATES["gemma-3"],
+            max_length=256,
+            batch_size=batch_size,
+            fixed_shapes=fixed,
         )
         assert result["answer_tokens"] == sum(n for _, n in sums)
         assert result["test_loss"] == pytest.approx(expected, rel=1e-4)
