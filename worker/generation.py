@@ -4,8 +4,10 @@ The evaluation steps and the export's merged-model reference answers both use `G
 longest prompt first (`by_length`), in batches of one size (`batch_rows`: as few as the largest batch allows, the
 split shared out evenly). On CUDA each batch also has one of a few shapes: its prompts are left-padded to a width
 bucket (64, 128, 256, ... tokens) and a short last batch is filled up with copies of its last prompt, whose answers
-are dropped. A compiled model (Unsloth's inference mode compiles for every new input shape: 66-80 s a shape on the
-4B model, docs/benchmarks.md) then compiles once per bucket instead of once per batch. Padding is masked, so the
+are dropped; a batch that fits a width already run takes that width (the evaluate step's inference prompts, shorter
+than the test split's, reuse its shape). A compiled model (Unsloth's inference mode compiles for every new input
+shape: 66-100 s a shape on the 4B model, docs/benchmarks.md) then compiles once per bucket instead of once per
+batch. Padding is masked, so the
 answers are those of unpadded prompts; on a CPU, where nothing is compiled, prompts are padded to their batch's
 longest only.
 """
@@ -102,6 +104,7 @@ class Generator:
         self.device = next(model.parameters()).device
         self.fixed_shapes = self.device.type == "cuda" if fixed_shapes is None else fixed_shapes
         self.ended: list[bool] = []
+        self.widths: set[int] = set()  # the widths run with fixed shapes: their kernels are compiled
         self.generated_tokens = 0  # answer tokens of the real prompts, their stop token included
         self.seconds = 0.0  # spent in the model's generate
 
@@ -123,7 +126,8 @@ class Generator:
         width = max(len(row) for row in ids)
         if self.fixed_shapes:
             ids += [ids[-1]] * max(0, self.rows - real)  # copies of the last prompt, their answers dropped
-            width = bucket(width)
+            width = min((w for w in self.widths if w >= width), default=bucket(width))
+            self.widths.add(width)
         side, self.text.padding_side = self.text.padding_side, "left"  # a batch's answers all start at one column
         try:
             encoded = self.text.pad({"input_ids": ids}, padding="max_length", max_length=width, return_tensors="pt").to(

@@ -75,9 +75,9 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=1024,
-        description="CPU threads llama.cpp quantizes and checks GGUF files with; null: every core the worker may "
-        "use. Lower it where other work keeps cores busy: llama.cpp's threads wait for each other by spinning, and "
-        "2 threads on 2 cores with one busy ran 1.8x slower than 1 (docs/benchmarks.md).",
+        description="CPU threads llama.cpp quantizes and checks GGUF files with; null: the cores the worker may "
+        "use that are idle when the step starts (llama.cpp's threads wait for each other by spinning, and 2 threads "
+        "on 2 cores with one busy ran 1.8x slower than 1: docs/benchmarks.md).",
     )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stops renewing it this long is failed."

@@ -185,7 +185,15 @@ def test_batched_generation_matches_one_by_one(tmp_path: Path, tiny: tuple) -> N
     fixed = evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=4)
     fixed.fixed_shapes = True
     assert fixed(prompts[:2]) + fixed(prompts[2:]) == alone
-    assert fixed.ended == [False] * 3 and fixed.generated_tokens == 3 * 6
+    assert fixed.ended == [False] * 3 and fixed.generated_tokens == 3 * 6 and fixed.widths == {64}
+
+    # A batch after a wider one takes the width already run (its kernels compiled) when it fits: more padding, the
+    # same answers.
+    long = [{"role": "user", "content": "Kofi buys pencils in Axim. " * 12}]
+    wide = evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=2)
+    wide.fixed_shapes = True
+    wide([long, prompts[0]])
+    assert wide(prompts[1:]) == alone[1:] and wide.widths == {128}
 
 
 def test_a_split_is_answered_longest_first_in_batches_of_one_size() -> None:

@@ -15,14 +15,27 @@ from worker.gguf import EVAL_MAX_NEW_TOKENS, K_QUANTS, batched
 
 
 def _threads() -> int:
-    """FORGE_LLAMA_THREADS, else all the cores this process may use (llama-cpp-python's default is half): the job
-    does nothing else now."""
+    """FORGE_LLAMA_THREADS, else the cores this process may use that are idle now (at least one).
+
+    llama.cpp's threads wait for each other by spinning, so a thread on a core that another process keeps busy
+    holds up all of them: on a GPU machine with other jobs' exports or compiles beside it, 16 threads on 16 cores
+    answered at 8.8 tokens/s on the 270M model (docs/benchmarks.md). The job itself does nothing else meanwhile."""
     from app.core.config import Settings
 
     configured = Settings().llama_threads
     if configured is not None:
         return configured
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return idle_cores()
+
+
+def idle_cores(sample_seconds: float = 0.3) -> int:
+    """The cores this process may use, less the share of them that other work kept busy over `sample_seconds`."""
+    import psutil
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    idle = sum(1.0 - busy[core] / 100.0 for core in allowed if core < len(busy))
+    return max(1, min(len(allowed), round(idle)))
 
 
 def _quantize(args: argparse.Namespace) -> None:

@@ -32,3 +32,25 @@ def test_a_tool_stops_when_the_job_must(tmp_path: Path) -> None:
 
     with pytest.raises(Stop):
         run_tool([sys.executable, "-c", "import time; time.sleep(60)"], "sleep", check_stop=check_stop)
+
+
+def test_llama_cpp_takes_only_the_cores_that_other_work_leaves_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its spinning threads collapse on a busy core: with every core kept busy by other processes it takes one."""
+    import os
+    import subprocess
+    import time
+
+    from worker.gguf.__main__ import _threads
+
+    monkeypatch.delenv("FORGE_LLAMA_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert _threads() == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    monkeypatch.setenv("FORGE_LLAMA_THREADS", "3")
+    assert _threads() == 3  # a configured count is kept as given
