@@ -98,7 +98,7 @@ def test_embedded_model_trains_saves_and_answers(processes: Processes, project: 
     refused = client.post(f"/api/training/jobs/{job_id}/promote")
     assert refused.status_code == 409 and refused.json()["code"] == "gate_failed", refused.text
     good = config | {
-        "training": config["training"] | {"per_device_train_batch_size": 4, "max_steps": 12, "learning_rate": 1e-3}
+        "training": config["training"] | {"per_device_train_batch_size": 4, "max_steps": 6, "learning_rate": 2e-3}
     }
     accepted = finished(client, good, "the well-trained job")
     assert accepted["status"] == "succeeded", (accepted["error"], processes.log_text())
