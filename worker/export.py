@@ -212,17 +212,18 @@ def evaluated_reference(config: TrainingConfig, run: RunFolder, examples: Sequen
 
 def reference_answers(
     config: TrainingConfig,
-    run: RunFolder,
+    answered: RunFolder,
     merged: Path,
     examples: Sequence[TestExample],
     stop_word: str,
     tracker: Tracker,
     check_stop: StopCheck,
 ) -> Reference | None:
-    """The evaluate step's answers when the job has them, else the merged model's (None: no test split)."""
+    """The evaluate step's answers when the job that trained the model (`answered`) has them, else the merged
+    model's (None: no test split)."""
     if not examples:
         return None
-    reused = evaluated_reference(config, run, examples)
+    reused = evaluated_reference(config, answered, examples)
     if reused is not None:
         tracker.stage("reference", f"holding the GGUF files to the evaluate step's {len(reused.answers)} answers")
         return reused
@@ -252,14 +253,16 @@ def export_gguf(
     template: ChatTemplate,
     tracker: Tracker,
     check_stop: StopCheck,
+    answered: RunFolder | None = None,
 ) -> GgufExport:
     """export -> verify -> gate: GGUF files of the merged model, each with its Ollama Modelfile, loaded by
-    llama.cpp and held to the merged model on the test split (metrics/quantization.json)."""
+    llama.cpp and held to the fine-tuned model on the test split (metrics/quantization.json): to the evaluate
+    step's answers of the job that trained it (`answered`, default this job), else to the merged model's."""
     save = config.save
     assert run.gguf_dir is not None
     written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
     write_modelfiles(run, written, template, merged, config.model.max_seq_length)
-    held_to = reference_answers(config, run, merged, examples, template.stop_word, tracker, check_stop)
+    held_to = reference_answers(config, answered or run, merged, examples, template.stop_word, tracker, check_stop)
     examples = held_to.examples if held_to else []
     max_new_tokens = held_to.max_new_tokens if held_to else EVAL_MAX_NEW_TOKENS
     reference, merged_run = held_to.report() if held_to else (None, None)

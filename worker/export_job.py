@@ -28,7 +28,8 @@ class ExportJob:
         self.reporter.phase(JobPhase.exporting)
         setup = Setup.of(self.spec)
         config, run, save = setup.config, setup.run, setup.config.save
-        lora_path = RunFolder(Path(self.spec.source_run_dir or ""), config).lora  # the training job's adapters
+        source = RunFolder(Path(self.spec.source_run_dir or ""), config)  # the training job's: adapters, answers
+        lora_path = source.lora
         if not (lora_path / "adapter_config.json").is_file():
             raise ExportError(
                 f"no LoRA adapters at {lora_path} (adapter_config.json): the source job's files were removed; "
@@ -48,7 +49,7 @@ class ExportJob:
                 exports["merged"] = save.merged_path
             if save.gguf_types:
                 template, check_stop = setup.template, self.reporter.check_stop
-                gguf = export.export_gguf(config, run, merged, examples, template, tracker, check_stop)
+                gguf = export.export_gguf(config, run, merged, examples, template, tracker, check_stop, source)
                 exports["gguf"], stats["quantization"] = gguf.files, gguf.summary
         finally:
             if not save.merged_path:

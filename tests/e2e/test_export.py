@@ -141,9 +141,16 @@ def test_export_verify_reexport_and_cancel_with_no_network(
     assert "metrics/quantization.json" in exported and not any(a["kind"] == "merged" for a in exported.values())
     assert export["result"]["exports"] == {"gguf": ["models/quantized/model-Q8_0.gguf"]}
     assert export["result"]["quantization"]["files"][0]["quantization"] == "Q8_0"
-    # An export job has no evaluate step of its own: the merged model answers the split's first 32 (here 8).
+    # An export job has no evaluate step of its own: its files are held to the source job's evaluate answers, which
+    # the merged model does not generate again.
     reexported = client.get(f"/api/training/jobs/{export['id']}/artifacts/metrics/quantization.json").json()
-    assert (reexported["reference"]["model"], reexported["examples"], reexported["max_new_tokens"]) == ("merged", 8, 64)
+    assert (reexported["reference"]["model"], reexported["examples"], reexported["max_new_tokens"]) == (
+        "fine-tuned (the evaluate step's answers)",
+        4,
+        4,
+    )
+    assert reexported["reference"]["ended_turn"] == report["reference"]["ended_turn"]
+    assert not any("with the merged model" in (s["phase_detail"] or "") for s in seen)
     assert no_partial_files(project / "runs" / export["id"])
     exported_record = client.get(f"/api/training/jobs/{export['id']}/artifacts/release.json").json()
     assert (exported_record["kind"], exported_record["source_job_id"], list(exported_record["datasets"])) == (
