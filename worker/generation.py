@@ -7,9 +7,8 @@ bucket (64, 128, 256, ... tokens) and a short last batch is filled up with copie
 are dropped; a batch that fits a width already run takes that width (the evaluate step's inference prompts, shorter
 than the test split's, reuse its shape). A compiled model (Unsloth's inference mode compiles for every new input
 shape: 66-100 s a shape on the 4B model, docs/benchmarks.md) then compiles once per bucket instead of once per
-batch. Padding is masked, so the
-answers are those of unpadded prompts; on a CPU, where nothing is compiled, prompts are padded to their batch's
-longest only.
+batch. Padding is masked, so the answers are those of unpadded prompts; on a CPU, where nothing is compiled,
+prompts are padded to their batch's longest only.
 """
 
 from __future__ import annotations
