@@ -63,10 +63,10 @@ def run_job(base: str, project: Path, config: dict[str, Any], label: str, prune:
     stats = json.loads((metrics / "training-stats.json").read_text())
     baseline = json.loads((metrics / "baseline.json").read_text()) if (metrics / "baseline.json").is_file() else {}
     first_step = next((e["time"] for e in stats.get("log_history", []) if "time" in e), None)
-    decoding = {
-        stage: json.loads((metrics / f"{name}.json").read_text()).get("decoding")
-        for stage, name in (("baseline", "baseline"), ("evaluate", "evaluation"))  # a reused baseline: its job's
-        if (metrics / f"{name}.json").is_file()
+    evaluated = metrics / "evaluation.json"
+    decoding = {  # a reused baseline's is its job's
+        "baseline": baseline.get("decoding"),
+        "evaluate": json.loads(evaluated.read_text()).get("decoding") if evaluated.is_file() else None,
     }
     if prune:  # a 4B job leaves ~13 GB of merged model and GGUF: three of them fill a 64 GiB disk
         for path in (*run.glob("models/merged*"), *run.rglob("*.gguf")):

@@ -229,8 +229,10 @@ def answer_loss(
     pad = text.pad_token_id if text.pad_token_id is not None else 0
     # On CUDA the batches take a few fixed shapes, as the generation's do (a compiled forward compiles once per
     # shape): longest rows first, all batches of one size (a short last one filled with rows that score nothing),
-    # right-padded to a width bucket. Padding sits after every scored token, so the loss is the unpadded one.
+    # right-padded to a width bucket (or a wider one already run). Padding sits after every scored token, so the
+    # loss is the unpadded one.
     fixed = device.type == "cuda" if fixed_shapes is None else fixed_shapes
+    widths: set[int] = set()
     if fixed and rows:
         rows.sort(key=lambda r: -len(r["input_ids"]))
         batch_size = generation.batch_rows(len(rows), batch_size)
@@ -240,7 +242,7 @@ def answer_loss(
         if fixed:
             filler = {"input_ids": batch[-1]["input_ids"], "labels": [IGNORE] * len(batch[-1]["labels"])}
             batch = [*batch, *[filler] * (batch_size - len(batch))]
-            width = generation.bucket(width)
+            width = generation.fixed_width(widths, width)
         ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch], device=device)
         labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])

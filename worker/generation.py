@@ -48,6 +48,14 @@ def bucket(width: int) -> int:
     return size
 
 
+def fixed_width(run: set[int], width: int) -> int:
+    """The width a batch of prompts `width` tokens wide is padded to with fixed shapes: the narrowest of the widths
+    already `run` that fits it (their kernels are compiled), else its bucket; recorded in `run`."""
+    fitted = min((w for w in run if w >= width), default=bucket(width))
+    run.add(fitted)
+    return fitted
+
+
 def batch_rows(total: int, largest: int) -> int:
     """Rows per batch for `total` prompts: as few batches as `largest` rows allow, all of one size (40 prompts at
     most 64 at once: one batch of 40; 200: four of 50)."""
@@ -125,8 +133,7 @@ class Generator:
         width = max(len(row) for row in ids)
         if self.fixed_shapes:
             ids += [ids[-1]] * max(0, self.rows - real)  # copies of the last prompt, their answers dropped
-            width = min((w for w in self.widths if w >= width), default=bucket(width))
-            self.widths.add(width)
+            width = fixed_width(self.widths, width)
         side, self.text.padding_side = self.text.padding_side, "left"  # a batch's answers all start at one column
         try:
             encoded = self.text.pad({"input_ids": ids}, padding="max_length", max_length=width, return_tensors="pt").to(
