@@ -18,8 +18,18 @@ from typing import Any
 from app.models import JobKind
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
-from worker import batch_size, devices, faults, lease, warm_model
-from worker.protocol import Failed, Interrupted, JobSpec, Preload, StopMode, Stopped, StopRequested, Succeeded
+from worker import backends, batch_size, devices, faults, lease, warm_model
+from worker.protocol import (
+    Failed,
+    Interrupted,
+    JobSpec,
+    Preload,
+    StopMode,
+    Stopped,
+    StopRequested,
+    Succeeded,
+    Warmup,
+)
 from worker.reporter import Reporter
 
 log = logging.getLogger("forge.worker.job")
@@ -40,10 +50,14 @@ def child_main(conn: Any, stop_flag: Any, lease_deadline: Any = None) -> None:
         except EOFError:  # the worker closed the pipe: it retires this process
             return
         if isinstance(spec, Preload):  # before any job: load the configured model, nothing to answer
-            use_compile_cache(spec.spec)
+            use_compile_cache(spec.spec.cache_dir)
             warm_model.preload(spec.spec)
             continue
-        use_compile_cache(spec)
+        if isinstance(spec, Warmup):  # before any job: import the training stack, nothing to answer
+            use_compile_cache(spec.cache_dir)
+            warm_up(spec.backend)
+            continue
+        use_compile_cache(spec.cache_dir)
         reusable = run_one(spec, conn, stop_flag, warm=jobs_run > 0)
         jobs_run += 1
         if not reusable:
@@ -66,7 +80,7 @@ def prepare_process(lease_deadline: Any, parent_pid: int | None = None) -> None:
 COMPILE_JOB_ID = "forge-trainer"  # Dynamo's profile-guided compiling is keyed by a job id, and off without one
 
 
-def use_compile_cache(spec: JobSpec) -> None:
+def use_compile_cache(cache_dir: str) -> None:
     """Compiled kernels (Unsloth compiles every decoder layer) kept with the worker's other caches, which a
     container keeps on a volume: a new process on this machine skips most of the minutes of compiling.
 
@@ -74,7 +88,7 @@ def use_compile_cache(spec: JobSpec) -> None:
     sequence length of every step) is kept there too (its local PGO, on only with a job id): a restarted worker
     compiles those dimensions dynamic at once, instead of compiling a static graph first and again at the second
     length it sees."""
-    compile_cache = Path(spec.cache_dir) / "compile"
+    compile_cache = Path(cache_dir) / "compile"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
     os.environ.setdefault("TORCH_COMPILE_JOB_ID", COMPILE_JOB_ID)
@@ -82,6 +96,19 @@ def use_compile_cache(spec: JobSpec) -> None:
 
     if torch.compiler.config.job_id is None:
         torch.compiler.config.job_id = os.environ["TORCH_COMPILE_JOB_ID"]
+
+
+def warm_up(backend: str) -> None:
+    """Import what a job of `backend` runs on (Unsloth's patches, transformers, TRL, datasets) while no job waits:
+    the first job's `starting` phase then skips them. A backend that cannot load is left to that job to report,
+    with its error code."""
+    try:
+        backends.select(backend)
+    except backends.BackendUnavailable:
+        return
+    import trl  # noqa: F401  (its trainer)
+
+    import worker.recipe  # noqa: F401
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
@@ -102,6 +129,7 @@ def run_one(spec: JobSpec, conn: Any, stop_flag: Any, warm: bool) -> bool:
     reporter = Reporter(conn, stop_flag)
     reusable = False
     try:
+        warm_up(run.config.backend)  # Unsloth first: it patches transformers, which the recipe imports
         stats = run_job(spec, reporter)
         stats["warm_start"] = warm
     except StopRequested as stop:

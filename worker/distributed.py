@@ -205,7 +205,7 @@ def rank_main(control: Path) -> int:
         sock.connect(str(control / SOCKET_FILE))
         conn = Connection(sock.detach())
     spec: JobSpec = ranks.from_leader(lambda: conn.recv())  # sent first, as to a single training process
-    child.use_compile_cache(spec)
+    child.use_compile_cache(spec.cache_dir)
     if conn is not None:
         child.run_one(spec, conn, flags.stop, warm=False)
         conn.close()

@@ -94,6 +94,8 @@ class Worker:
         done = 0
         if self.processes.preload is not None:
             self.processes.idle()  # the model loads while the first job is claimed
+        else:
+            self.processes.start_ahead()  # the imports load while the first job is claimed
         while not self.stopping and (max_jobs is None or done < max_jobs):
             try:
                 claimed = self._db("looking for a job", self._claim)

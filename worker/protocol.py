@@ -47,6 +47,15 @@ class Preload:
     spec: JobSpec
 
 
+@dataclass
+class Warmup:
+    """Import the training stack of this backend setting ("auto", "unsloth", "transformers") before any job
+    (FORGE_WORKER_START_AHEAD), its compile caches under `cache_dir`; nothing is sent back."""
+
+    backend: str
+    cache_dir: str
+
+
 # -- from the training process to the worker ------------------------------------------------------------------
 
 

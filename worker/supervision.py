@@ -86,7 +86,7 @@ class TrainingProcess:
     idle_since: float = 0.0
 
     def takes(self, backend: str) -> bool:
-        """Whether this warm process may run the next one-process job with `backend`."""
+        """Whether this warm process may run the next one-process job on `backend` (as `imported_by` names it)."""
         return self.reusable and self.process.is_alive() and self.backend == backend
 
     @classmethod

@@ -6,7 +6,9 @@ transformers for good, so a job asking for another backend gets a process of its
 ranks of its own under torchrun (worker/distributed.py), on the same lease clock.
 
 With FORGE_WORKER_PRELOAD (a model name, or a job config file whose model and lora sections jobs will use) the
-worker starts a process at once that loads and wraps that model, and keeps one ready whenever it is idle.
+worker starts a process at once that loads and wraps that model, and keeps one ready whenever it is idle. Without
+it, a worker where the "auto" backend is Unsloth starts its process at once all the same, to import the training
+stack (about 25 s) before the first job comes (FORGE_WORKER_START_AHEAD), kept like any warm process.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from app.models import Job
 from app.resolve import model_source
 from app.training_config import TrainingConfig
 from worker import distributed
+from worker.backends import imported_by
 from worker.lease import LeaseClock
-from worker.protocol import JobSpec, Preload
+from worker.protocol import JobSpec, Preload, Warmup
 from worker.supervision import TrainingProcess
 from worker.warm_model import PRELOADED
 
@@ -81,9 +84,28 @@ class WarmProcess:
         self.preload = preload_spec(settings)
         self.current: TrainingProcess | None = None
 
+    def start_ahead(self) -> None:
+        """At the worker's start, without a preload: a training process that imports the "auto" backend's
+        training stack while no job waits (FORGE_WORKER_START_AHEAD; default: where that backend is Unsloth)."""
+        backend = imported_by("auto", bool(self.gpus))
+        wanted = self.settings.worker_start_ahead
+        if wanted is None:
+            wanted = backend == "unsloth"
+        if not wanted or self.preload is not None or self.settings.worker_keep_warm_seconds <= 0:
+            return
+        self.current = TrainingProcess.spawn(self.context, self.lease, backend)
+        self.current.conn.send(Warmup("auto", str(self.settings.cache_dir)))
+        self.current.idle_since = time.monotonic()
+        log.info("started the training process ahead of the first job (pid %s): importing %s", self.pid, backend)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.current is None else self.current.process.pid
+
     def for_job(self, job: Job, spec: JobSpec) -> TrainingProcess:
-        """The warm process when it fits this job (same backend setting, one process), else a fresh one."""
-        backend, ranks, child = job.training_config.backend, distributed.ranks_for(job, self.gpus), self.current
+        """The warm process when it fits this job (the same backend, one process), else a fresh one."""
+        backend = imported_by(job.training_config.backend, bool(self.gpus))
+        ranks, child = distributed.ranks_for(job, self.gpus), self.current
         if ranks == 1 and child is not None and child.takes(backend):
             log.info("reusing the warm training process (pid %s)", child.process.pid)
             return child
@@ -110,7 +132,8 @@ class WarmProcess:
                 self.retire()
                 config = TrainingConfig.model_validate(self.preload.config)
                 log.info("pre-loading %s in a new training process", config.model.name)
-                self.current = TrainingProcess.spawn(self.context, self.lease, config.backend)
+                backend = imported_by(config.backend, bool(self.gpus))
+                self.current = TrainingProcess.spawn(self.context, self.lease, backend)
                 self.current.conn.send(Preload(self.preload))
         elif child is not None and time.monotonic() - child.idle_since > self.settings.worker_keep_warm_seconds:
             log.info("the warm training process was idle for %.0fs; ending it", self.settings.worker_keep_warm_seconds)

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="Load and LoRA-wrap this model when the worker starts and keep one ready while idle: a model "
         "name as in model.name, or a job config file (.json/.yaml) whose model and lora sections jobs use.",
     )
+    worker_start_ahead: bool | None = Field(
+        default=None,
+        description="Start the training process and its imports (Unsloth or transformers, about 25 s on a GPU "
+        "worker) when the worker starts, not when its first job comes; kept like a warm process. Default: on where "
+        "the 'auto' backend is Unsloth (the gpu extra and an NVIDIA GPU).",
+    )
     llama_threads: int | None = Field(
         default=None,
         ge=1,

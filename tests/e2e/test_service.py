@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -124,6 +125,32 @@ def test_worker_keeps_its_training_process_between_clean_jobs(
     for job in (first, warm):  # each job's log holds its own run only
         log_text = (processes.project / "runs" / job["id"] / "logs" / "training.log").read_text()
         assert log_text.count("phase: loading_model") == 1
+
+
+def test_a_worker_imports_the_training_stack_before_its_first_job(processes: Processes, tiny_model_dir: Path) -> None:
+    """FORGE_WORKER_START_AHEAD (on by default where the backend is Unsloth): the worker starts its training
+    process at once and has it import transformers, TRL and datasets while no job waits; the first job runs there."""
+    base = processes.api()
+    processes.worker(FORGE_WORKER_START_AHEAD="true")
+    started = wait_for(
+        lambda: re.search(r"ahead of the first job \(pid (\d+)\): importing transformers", processes.log_text()),
+        60,
+        "the worker to start its training process",
+    )
+    pid = started.group(1)
+    maps = Path(f"/proc/{pid}/maps")  # the libraries the process has loaded: datasets' Arrow, once it is imported
+    wait_for(lambda: "libarrow" in maps.read_text(), 120, "the training process to import the training stack")
+
+    client = httpx.Client(base_url=base, timeout=60)
+    job_id = client.post("/api/training", json=tiny_config(tiny_model_dir, max_steps=2)).json()["id"]
+    job = wait_for(
+        lambda: (j := client.get(f"/api/training/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and j,
+        240,
+        "the job",
+    )
+    assert job["status"] == "succeeded", (job["error"], processes.log_text())
+    assert f"reusing the warm training process (pid {pid})" in processes.log_text()
+    assert job["result"]["warm_start"] is False  # its first job: nothing compiled or loaded before it
 
 
 def test_an_auto_batch_is_measured_reported_and_trained_with(

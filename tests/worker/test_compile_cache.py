@@ -10,9 +10,9 @@ from pathlib import Path
 # A training process in miniature: the child's cache set-up, then one compiled function called at three lengths,
 # as a training step is called with a new packed length. It prints how many graphs Dynamo compiled.
 PROCESS = """
-import sys, types
+import sys
 from worker.child import use_compile_cache
-use_compile_cache(types.SimpleNamespace(cache_dir=sys.argv[1]))
+use_compile_cache(sys.argv[1])
 import torch
 from torch._dynamo.utils import counters
 step = torch.compile(lambda x: (x * 2).sum(), backend="eager")

@@ -53,6 +53,14 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def imported_by(name: str, gpus: bool) -> str:
+    """Which backend a training process asked for `name` runs ("unsloth" or "transformers") on a worker with or
+    without GPUs, as `select` picks it, told without importing either. A process that imported Unsloth keeps its
+    patches, so only jobs that name the same one share a process."""
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    return "unsloth" if name == "unsloth" or (name == "auto" and has_unsloth and gpus) else "transformers"
+
+
 def select(name: str) -> Backend:
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if name == "unsloth" or (name == "auto" and has_unsloth):
