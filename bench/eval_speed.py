@@ -77,7 +77,7 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
         _, samples = evaluation.score(examples, generate, batch_size=8)
     else:  # the evaluate step's own path, evaluation.batch_size auto
         settings = EvaluationSection(max_new_tokens=max_new)
-        generate, _, samples = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
+        generate, _, samples, _ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
     wall = time.monotonic() - started
     return {
         "variant": variant,

@@ -8,7 +8,8 @@ shares; a later job with the same key copies them (its metrics/baseline.json nam
 The key covers everything the baseline's numbers depend on: the backend and the model section (4-bit or not,
 sequence length), the model's files (names, sizes, modification times) or the hub snapshot it loads, the chat
 template, every scored test example (the split's content, `max_examples`, the glossary's terms), the generation
-settings, the seed when sampling, and the versions of this code and of torch and transformers.
+settings (the inference prompts too, answered in the same batches), the seed when sampling, and the versions of
+this code and of torch and transformers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from worker.evaluation import TestExample
 
 log = logging.getLogger("forge.worker.job")
 
-GENERATION = ("batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
+# The inference prompts too: both steps answer them in the test split's batches (worker/evaluation.py).
+GENERATION = ("batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "inference_prompts")
 
 
 def store(project: Path) -> Path:

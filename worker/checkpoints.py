@@ -111,7 +111,7 @@ class CheckpointSelector(TrainerCallback):
         settings, seed = self.config.evaluation, self.config.training.seed
         self.backend.for_inference(model)
         try:
-            _, metrics, _ = evaluation.answer(
+            _, metrics, _, _ = evaluation.answer(
                 model, self.tokenizer, self.examples, settings, self.template.stop_word, seed
             )
         finally:

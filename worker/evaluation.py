@@ -130,7 +130,13 @@ def score(
             progress(len(answered), len(examples))
     if len(answered) != len(examples):
         raise RuntimeError(f"{len(answered)} answers for {len(examples)} prompts: `order` must list each once")
-    answers = [answered[i] for i in range(len(examples))]
+    return scored(examples, [answered[i] for i in range(len(examples))])
+
+
+def scored(
+    examples: Sequence[TestExample], answers: Sequence[str]
+) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    """The examples' `answers` scored: the metrics and one sample row per example."""
     metrics, per_answer = score_answers(answers, [e.reference for e in examples], [e.expected_terms for e in examples])
     samples = [
         {"index": i, "prompt": example.prompt, "reference": example.reference, "answer": answer, **scores}
@@ -189,18 +195,28 @@ def answer(
     stop_word: str,
     seed: int,
     progress: Progress | None = None,
-) -> tuple[generation.Generator, dict[str, float | None], list[dict[str, Any]]]:
+    asked: Sequence[Conversation] = (),
+) -> tuple[generation.Generator, dict[str, float | None], list[dict[str, Any]], list[str]]:
     """The examples answered as the evaluation steps answer them: longest first, in batches of one size
-    (settings.batch_size resolved for the model's device). Returns the generator (its throughput; more prompts
-    at the same shape), the metrics and one sample row per example, with whether it ended its turn."""
+    (settings.batch_size resolved for the model's device). `asked`: more prompts (the inference prompts) answered
+    in the same batches, so they cost no batch, and no shape, of their own. Returns the generator (its
+    throughput), the metrics, one sample row per example with whether it ended its turn, and the answers to
+    `asked`."""
+    prompts = [e.prompt for e in examples] + list(asked)
     on_gpu = next(model.parameters()).device.type == "cuda"
-    rows = generation.batch_rows(len(examples), generation.resolved_batch(settings.batch_size, on_gpu))
+    rows = generation.batch_rows(len(prompts), generation.resolved_batch(settings.batch_size, on_gpu))
     generate = model_generator(model, tokenizer, settings, stop_word, seed, rows)
-    order = generation.by_length(generate.lengths([e.prompt for e in examples]))
-    metrics, samples = score(examples, generate, batch_size=rows, progress=progress, order=order)
+    order = generation.by_length(generate.lengths(prompts))
+    answered: dict[int, str] = {}
+    for batch in batches(order, rows):
+        answered.update(zip(batch, generate([prompts[i] for i in batch]), strict=True))
+        if progress:
+            progress(sum(1 for i in answered if i < len(examples)), len(examples))
+    metrics, samples = scored(examples, [answered[i] for i in range(len(examples))])
     for i, ended in zip(order, generate.ended, strict=True):
-        samples[i]["ended_turn"] = ended
-    return generate, metrics, samples
+        if i < len(examples):
+            samples[i]["ended_turn"] = ended
+    return generate, metrics, samples, [answered[i] for i in range(len(examples), len(prompts))]
 
 
 def answer_loss(
@@ -292,13 +308,15 @@ def score_stage(
         batch_size=largest if isinstance(settings.batch_size, int) else min(largest, generation.LOSS_BATCH),
     )
     loss_seconds = time.monotonic() - started
-    generate, metrics, samples = answer(
-        model, tokenizer, examples, settings, template.stop_word, config.training.seed, progress
+    # Both steps answer the inference prompts in their batches, so that both run the same shapes (a compiled
+    # model compiles once per shape); the baseline's answers to them are dropped.
+    asked = [[{"role": "user", "content": prompt}] for prompt in settings.inference_prompts]
+    generate, metrics, samples, answers = answer(
+        model, tokenizer, examples, settings, template.stop_word, config.training.seed, progress, asked
     )
     decoding = generate.throughput() | {"answer_loss_seconds": round(loss_seconds, 3)}
-    prompts = settings.inference_prompts if stage == "evaluate" else []
-    asked = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    answers = [a for batch in batches(asked, generate.rows) for a in generate(list(batch))]
+    if stage != "evaluate":
+        asked, answers = [], []
     report = {
         "stage": stage,
         "model": config.model.name + (" + LoRA (fine-tuned)" if stage == "evaluate" else " (base)"),

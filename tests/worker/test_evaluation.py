@@ -196,6 +196,27 @@ def test_batched_generation_matches_one_by_one(tmp_path: Path, tiny: tuple) -> N
     assert wide(prompts[1:]) == alone[1:] and wide.widths == {128}
 
 
+def test_the_inference_prompts_are_answered_in_the_test_splits_batches(tmp_path: Path, tiny: tuple) -> None:
+    """They take no batch of their own (a batch on a GPU is 128 decode steps; a new shape, a compile): three test
+    rows and one inference prompt go in one batch of four, and each answer is the one it gets alone."""
+    model, tokenizer = tiny
+    examples = evaluation.load_test_set(write_jsonl(tmp_path / "t.jsonl", ROWS), EvaluationSection())
+    settings = EvaluationSection(max_new_tokens=6, batch_size=4)
+    asked = [{"role": "user", "content": "What is 5 + 3?"}]
+
+    def alone(prompt: list[dict[str, str]]) -> str:
+        return evaluation.model_generator(model, tokenizer, settings, "<end_of_turn>", 0, rows=1)([prompt])[0]
+
+    seen: list[tuple[int, int]] = []
+    generate, _, samples, answers = evaluation.answer(
+        model, tokenizer, examples, settings, "<end_of_turn>", 0, lambda *done: seen.append(done), [asked]
+    )
+    assert seen == [(3, 3)] and generate.rows == 4  # one batch, holding all four
+    assert answers == [alone(asked)]
+    assert [row["answer"] for row in samples] == [alone(e.prompt) for e in examples]
+    assert [row["ended_turn"] for row in samples] == [False] * 3
+
+
 def test_a_split_is_answered_longest_first_in_batches_of_one_size() -> None:
     assert generation.by_length([5, 9, 5, 12]) == [3, 1, 0, 2]  # ties keep the file's order
     assert [generation.batch_rows(n, 64) for n in (1, 40, 64, 65, 200)] == [1, 40, 64, 33, 50]
