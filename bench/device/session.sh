@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, ONE AT A TIME: run side by side, the compiles and llama.cpp's spinning threads
-# fight over the CPU and no figure is clean (docs/benchmarks.md, 2026-12-06). Start it detached and watch it:
-#   bash bench/device/start.sh bash bench/device/session.sh && bash bench/device/watch.sh 540   # carry .device
-#   bash bench/device/watch.sh 540                                                             # every next call
+# fight over the CPU and no figure is clean (docs/benchmarks.md, 2026-12-06). Name the parts, in order; gpu is
+# the training and export tests, gpu-rest the other GPU tests; the 4B bench alone takes about 25 minutes of a
+# session's 30. Start it detached and watch it:
+#   bash bench/device/start.sh bash bench/device/session.sh gpu 270m && bash bench/device/watch.sh 530  # carry .device
+#   bash bench/device/watch.sh 540                                                                    # every next call
+# Each bench starts from empty compile caches of its own (its cold job is cold after the tests); the 270M bench
+# logs Dynamo's recompiles (TORCH_LOGS=recompiles) into its worker.log.
 set -x
-python -m pytest -m gpu -p no:cacheprovider -q -s tests/e2e/test_unsloth_gpu.py \
-  -k "trains_with_unsloth or exports_lora" > /tmp/run/gpu.log 2>&1
-python bench/job_phases.py --shape gemma3-4b --test-rows 40,200 --jobs cold,restarted,warm --prune \
-  --work /tmp/phases4b --port 8767 --json /tmp/run/4b.json > /tmp/run/4b.log 2>&1
-python bench/job_phases.py --shape gemma3-270m --test-rows 40,200 --jobs cold,restarted,warm --prune \
-  --work /tmp/phases270m --port 8768 --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1
+cold_caches() {
+  export TORCHINDUCTOR_CACHE_DIR=/tmp/cc-$1/inductor TRITON_CACHE_DIR=/tmp/cc-$1/triton
+  rm -rf unsloth_compiled_cache
+}
+parts=("$@"); [ $# -gt 0 ] || parts=(gpu gpu-rest 4b 270m)
+for part in "${parts[@]}"; do
+  case $part in
+    gpu) python -m pytest -m gpu -p no:cacheprovider -q -s tests/e2e/test_unsloth_gpu.py \
+           -k "trains_with_unsloth or exports_lora" > /tmp/run/gpu.log 2>&1 ;;
+    gpu-rest) python -m pytest -m gpu -p no:cacheprovider -q -s tests/e2e/test_unsloth_gpu.py \
+           -k "not trains_with_unsloth and not exports_lora" > /tmp/run/gpu-rest.log 2>&1 ;;
+    4b) (cold_caches 4b; python bench/job_phases.py --shape gemma3-4b --test-rows 40,200 \
+          --jobs cold,restarted,warm --prune --work /tmp/phases4b --port 8767 --json /tmp/run/4b.json \
+          > /tmp/run/4b.log 2>&1) ;;
+    270m) (cold_caches 270m; TORCH_LOGS=recompiles python bench/job_phases.py --shape gemma3-270m \
+            --test-rows 40,200 --jobs cold,restarted,warm --prune --work /tmp/phases270m --port 8768 \
+            --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1) ;;
+    *) echo "unknown part $part (gpu, gpu-rest, 4b, 270m)" ;;
+  esac
+done

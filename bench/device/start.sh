@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU machine (the device tool): the package kit .device/site.tgz from ../shared/device/make-site.sh and the
+# The GPU machine (the device tool): the package kit .device/site.tgz from
+# `../shared/device/make-site.sh .device/site.tgz psutil==7.2.2` (llama.cpp's thread count reads idle cores) and the
 # embedded tokenizer .device/cache.tgz travel as carried paths; see ../shared/device/README.md.
 # Unpack the kit and start "$@" detached; its log goes to /tmp/run/log, /tmp/run/DONE marks its end.
 set -e
