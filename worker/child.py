@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from app.core.config import get_settings
 from app.models import JobKind
 from app.run_folder import RunFolder
 from app.training_config import TrainingConfig
@@ -106,9 +107,20 @@ def warm_up(backend: str) -> None:
         backends.select(backend)
     except backends.BackendUnavailable:
         return
+    torch_logs(get_settings().torch_logs)
     import trl  # noqa: F401  (its trainer)
 
     import worker.recipe  # noqa: F401
+
+
+def torch_logs(wanted: str | None) -> None:
+    """FORGE_TORCH_LOGS: torch's logs of this process (`recompiles`, `graph_breaks`, `+dynamo`, ... as TORCH_LOGS
+    takes them) to its stderr, the worker's log. Set after the backend's import, which silences them (Unsloth)."""
+    if wanted:
+        from torch._logging._internal import _init_logs
+
+        os.environ["TORCH_LOGS"] = wanted
+        _init_logs()
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:

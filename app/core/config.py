@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         "worker) when the worker starts, not when its first job comes; kept like a warm process. Default: on where "
         "the 'auto' backend is Unsloth (the gpu extra and an NVIDIA GPU).",
     )
+    torch_logs: str | None = Field(
+        default=None,
+        description="torch's TORCH_LOGS for the training process (e.g. recompiles,graph_breaks: why Unsloth's "
+        "compiled layers compile again), applied after the backend's import: Unsloth silences torch's logs.",
+    )
     llama_threads: int | None = Field(
         default=None,
         ge=1,

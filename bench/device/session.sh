@@ -6,7 +6,7 @@
 #   bash bench/device/start.sh bash bench/device/session.sh gpu 270m && bash bench/device/watch.sh 530  # carry .device
 #   bash bench/device/watch.sh 540                                                                    # every next call
 # Each bench starts from empty compile caches of its own (its cold job is cold after the tests); the 270M bench
-# logs Dynamo's recompiles (TORCH_LOGS=recompiles) into its worker.log.
+# logs Dynamo's recompiles (FORGE_TORCH_LOGS=recompiles) into its worker.log.
 set -x
 cold_caches() {
   export TORCHINDUCTOR_CACHE_DIR=/tmp/cc-$1/inductor TRITON_CACHE_DIR=/tmp/cc-$1/triton
@@ -22,7 +22,7 @@ for part in "${parts[@]}"; do
     4b) (cold_caches 4b; python bench/job_phases.py --shape gemma3-4b --test-rows 40,200 \
           --jobs cold,restarted,warm --prune --work /tmp/phases4b --port 8767 --json /tmp/run/4b.json \
           > /tmp/run/4b.log 2>&1) ;;
-    270m) (cold_caches 270m; TORCH_LOGS=recompiles python bench/job_phases.py --shape gemma3-270m \
+    270m) (cold_caches 270m; FORGE_TORCH_LOGS=recompiles python bench/job_phases.py --shape gemma3-270m \
             --test-rows 40,200 --jobs cold,restarted,warm --prune --work /tmp/phases270m --port 8768 \
             --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1) ;;
     *) echo "unknown part $part (gpu, gpu-rest, 4b, 270m)" ;;

@@ -38,3 +38,28 @@ def test_a_restarted_process_compiles_the_changing_length_dynamic_at_once(tmp_pa
     assert graphs_compiled(cache, tmp_path) == 2  # a static graph for length 3, then a dynamic one at length 5
     assert list((cache / "compile/inductor/dynamo").glob("code_state_*.pkl"))
     assert graphs_compiled(cache, tmp_path) == 1  # the profile on disk: dynamic from the first call
+
+
+TRACED = """
+import sys
+from worker.child import torch_logs
+import torch
+torch._logging.set_logs(all=50)  # as Unsloth leaves torch's logs on import: silenced
+torch_logs(sys.argv[1])
+step = torch.compile(lambda x: (x * 2).sum(), backend="eager", dynamic=False)
+for length in (3, 5):
+    step(torch.ones(length))
+"""
+
+
+def test_torch_logs_show_a_recompile_after_the_backend_silenced_them(tmp_path: Path) -> None:
+    """FORGE_TORCH_LOGS=recompiles: the second length's compile is logged, with the guard that failed."""
+    script = tmp_path / "traced.py"
+    script.write_text(TRACED)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for wanted, logged in (("recompiles", True), ("", False)):
+        done = subprocess.run(
+            [sys.executable, str(script), wanted], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert ("Recompiling function" in done.stderr) is logged, done.stderr
