@@ -8,6 +8,13 @@ as the job holds it: loaded by the backend, LoRA attached, in the backend's infe
 - `after`: the evaluate step's path now: longest prompt first, `evaluation.batch_size: auto` (64 on CUDA) shared
   out evenly, fixed shapes on CUDA (width buckets, short batches filled up).
 
+- `static` (with `--variants`): the `after` path with transformers' static KV cache
+  (`cache_implementation="static"`): one cache shape for every decode step.
+
+With `--profile FILE`, 16 decode steps of the `after` path then run under torch's profiler: the top operators by
+CPU time are printed (a decode step of Unsloth's inference mode took 170-200 ms on an H100/H200 whatever the
+model's size: overhead, not arithmetic) and the timeline goes to FILE.
+
 Each runs `--repeats` times, interleaved; the first run (`--first`) compiles from nothing, the other one then only
 for the shapes it adds. Run it once with each `--first`, each with an empty TORCHINDUCTOR_CACHE_DIR, for both cold
 figures. Printed per run: wall time,
@@ -17,6 +24,7 @@ generated tokens and tokens/s; then how many answers are identical between the t
     python bench/eval_speed.py --shape gemma3-4b --rows 40 --json eval-4b.json        # on the GPU machine
     python bench/eval_speed.py --shape gemma3-270m --rows 200
     python bench/eval_speed.py --shape tiny --backend transformers --rows 16 --max-new-tokens 8  # CPU try
+    python bench/eval_speed.py --shape gemma3-270m --variants after,static --repeats 2 --profile decode.json
     python bench/eval_speed.py --shape embedded --backend transformers --rows 24 --max-new-tokens 32  # real answers
 """
 
@@ -75,6 +83,14 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
             model, tokenizer, max_new_tokens=max_new, stop_ids=stops, rows=8, fixed_shapes=False
         )
         _, samples = evaluation.score(examples, generate, batch_size=8)
+    elif variant == "static":  # the evaluate step's batches and order, with transformers' static KV cache
+        settings = EvaluationSection(max_new_tokens=max_new)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        rows = generation.batch_rows(len(examples), generation.resolved_batch("auto", on_gpu))
+        generate = evaluation.model_generator(model, tokenizer, settings, stop, 0, rows)
+        generate.config.cache_implementation = "static"
+        order = generation.by_length(generate.lengths([e.prompt for e in examples]))
+        _, samples = evaluation.score(examples, generate, batch_size=rows, order=order)
     else:  # the evaluate step's own path, evaluation.batch_size auto
         settings = EvaluationSection(max_new_tokens=max_new)
         generate, _, samples, _ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
@@ -87,6 +103,29 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
     }
 
 
+def profile(model: Any, tokenizer: Any, examples: list[Any], stop: str, steps: int, trace: Path) -> None:
+    """Where a decode step's time goes: the evaluate step's first batch for `steps` new tokens under torch's
+    profiler (CPU and CUDA), after a warm-up run of the same shape; the top operators by CPU time are printed and
+    the whole timeline written to `trace` (chrome://tracing, Perfetto)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    from app.training_config import EvaluationSection
+    from worker import evaluation
+
+    settings = EvaluationSection(max_new_tokens=steps)
+    evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)  # compiled for these shapes
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    started = time.monotonic()
+    with torch.profiler.profile(activities=activities) as prof:
+        generate, *_ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
+    wall = time.monotonic() - started
+    decode_steps = steps * -(-len(examples) // generate.rows)
+    print(f"PROFILE {decode_steps} decode steps in {wall:.2f} s ({1000 * wall / decode_steps:.1f} ms a step)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    prof.export_chrome_trace(str(trace))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="gemma3-270m", help="gemma3-270m, gemma3-4b, tiny, or embedded (real)")
@@ -97,6 +136,8 @@ def main() -> None:
     parser.add_argument(
         "--first", default="before", choices=("before", "after"), help="the variant that runs cold (compiles first)"
     )
+    parser.add_argument("--variants", default="before,after", help="which paths, in this order (also: static)")
+    parser.add_argument("--profile", type=Path, help="also profile 16 decode steps; the timeline goes to this file")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
     a = parser.parse_args()
@@ -112,29 +153,35 @@ def main() -> None:
     backend, model, tokenizer, template = load(a.shape, a.backend, work)
     print(f"loaded {a.shape} with {backend.name} in {time.monotonic() - started:.1f} s", flush=True)
     runs = []
+    variants = a.variants.split(",")
+    variants = [a.first, *[v for v in variants if v != a.first]] if a.first in variants else variants
     for repeat in range(a.repeats):
-        for variant in (a.first, "after" if a.first == "before" else "before"):
+        for variant in variants:
             result = run(variant, model, tokenizer, examples, template.stop_word, a.max_new_tokens)
             result["repeat"] = repeat
             runs.append(result)
             shown = {k: v for k, v in result.items() if k != "answers"}
             print(json.dumps(shown), flush=True)
-    before = next(r["answers"] for r in reversed(runs) if r["variant"] == "before")
-    after = next(r["answers"] for r in reversed(runs) if r["variant"] == "after")
-    last = {r["variant"]: r for r in runs[-2:]}
+    last = {r["variant"]: r for r in runs[-len(variants) :]}
+    reference = last[variants[0]]  # the others' answers against the first variant's
     summary = {
         "shape": a.shape,
         "backend": backend.name,
         "rows": a.rows,
         "max_new_tokens": a.max_new_tokens,
-        "identical_answers": sum(x == y for x, y in zip(before, after, strict=True)),
-        "chrf_after_vs_before": round(chrf(after, before), 2),
-        "cold": a.first,
-        "first_run_seconds": {r["variant"]: r["wall_seconds"] for r in runs[:2]},
+        "reference": variants[0],
+        "identical_answers": {
+            v: sum(x == y for x, y in zip(r["answers"], reference["answers"], strict=True)) for v, r in last.items()
+        },
+        "chrf_vs_reference": {v: round(chrf(r["answers"], reference["answers"]), 2) for v, r in last.items()},
+        "cold": variants[0],
+        "first_run_seconds": {r["variant"]: r["wall_seconds"] for r in runs[: len(variants)]},
         "tokens_per_second": {v: r["tokens_per_second"] for v, r in last.items()},
-        "speedup_warm": round(last["before"]["wall_seconds"] / last["after"]["wall_seconds"], 2),
+        "warm_seconds": {v: r["wall_seconds"] for v, r in last.items()},
     }
     print("SUMMARY", json.dumps(summary), flush=True)
+    if a.profile:
+        profile(model, tokenizer, examples, template.stop_word, 16, a.profile)
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
 
