@@ -5,11 +5,14 @@ this module runs them in order, with one progress line over them all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,14 +60,17 @@ class Tracker:
     WEIGHTS = {"merge": 2.0, "convert": 4.0, "quantize": 1.0, "reference": 3.0, "verify": 2.0}
 
     @classmethod
-    def planned(cls, report: Progress, types: Sequence[str], *, merging: bool, scoring: Sequence[Any]) -> Tracker:
-        """`scoring`: the test examples the merged model answers first (none: no reference to compute)."""
+    def planned(
+        cls, report: Progress, types: Sequence[str], *, merging: bool, scoring: Sequence[Any], begun: bool = False
+    ) -> Tracker:
+        """`scoring`: the test examples the merged model answers first (none: no reference to compute); `begun`:
+        the files are being written already (EarlyGguf), one stage to wait for them."""
         w = cls.WEIGHTS
         conversions = {t for t in types if t in CONVERTER_TYPES} | ({"f16"} if set(types) & set(K_QUANTS) else set())
+        writing = w["convert"] * len(conversions) + w["quantize"] * len(set(types) & set(K_QUANTS))
         total = (
             w["merge"] * merging
-            + w["convert"] * len(conversions)
-            + w["quantize"] * len(set(types) & set(K_QUANTS))
+            + (w["convert"] if begun else writing)
             + (w["reference"] if len(scoring) else 0.0)
             + w["verify"] * len(types)
         )
@@ -85,6 +91,39 @@ class Tracker:
             return
         self.last_sent, self.last_message = now, message
         self.report(message[0], f"{self.detail} ({fraction:.0%})" if fraction else self.detail)
+
+
+class Abandoned(Exception):
+    """An early GGUF conversion's job will not export: stop it."""
+
+
+class EarlyGguf:
+    """The GGUF files written in a thread of their own from the moment the merged model is saved, while the
+    evaluate step has the GPU: converting is CPU and disk work (21 s of the 270M shape's 29 s export on an H100,
+    docs/benchmarks.md) that then runs beside the evaluate step instead of after it. `files` waits for them or
+    raises what stopped them; `abandon` (the job will not export) stops the tools and removes what they wrote."""
+
+    def __init__(self, merged: Path, out_dir: Path, types: Sequence[str], check_stop: StopCheck) -> None:
+        self._abandoned = threading.Event()
+
+        def stop() -> None:
+            if self._abandoned.is_set():
+                raise Abandoned()
+            check_stop()
+
+        quiet = Tracker.planned(lambda fraction, detail: None, types, merging=False, scoring=())  # evaluate's shows
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-gguf")
+        self._written = pool.submit(write_ggufs, merged, out_dir, types, quiet, stop)
+        pool.shutdown(wait=False)
+
+    def files(self) -> dict[str, Path]:
+        return self._written.result()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        with contextlib.suppress(BaseException):  # why it stopped is the job's own error, raised already
+            for path in self._written.result().values():
+                path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -254,13 +293,19 @@ def export_gguf(
     tracker: Tracker,
     check_stop: StopCheck,
     answered: RunFolder | None = None,
+    early: EarlyGguf | None = None,
 ) -> GgufExport:
-    """export -> verify -> gate: GGUF files of the merged model, each with its Ollama Modelfile, loaded by
-    llama.cpp and held to the fine-tuned model on the test split (metrics/quantization.json): to the evaluate
-    step's answers of the job that trained it (`answered`, default this job), else to the merged model's."""
+    """export -> verify -> gate: GGUF files of the merged model (`early`: being written already), each with its
+    Ollama Modelfile, loaded by llama.cpp and held to the fine-tuned model on the test split
+    (metrics/quantization.json): to the evaluate step's answers of the job that trained it (`answered`, default
+    this job), else to the merged model's."""
     save = config.save
     assert run.gguf_dir is not None
-    written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
+    if early is not None:
+        tracker.stage("convert", "finishing the GGUF files begun during the evaluate step")
+        written = early.files()
+    else:
+        written = write_ggufs(merged, run.gguf_dir, save.gguf_types, tracker, check_stop)
     write_modelfiles(run, written, template, merged, config.model.max_seq_length)
     held_to = reference_answers(config, answered or run, merged, examples, template.stop_word, tracker, check_stop)
     examples = held_to.examples if held_to else []

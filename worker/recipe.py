@@ -91,12 +91,18 @@ class LoraRecipe:
         if not ranks.leader():  # the other DDP ranks only train; rank 0 saves, evaluates and exports
             return JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
         saved = self.save(backend, model, tokenizer, setup)
-        evaluated = self.evaluate(backend, model, tokenizer, data)
-        result = JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
-        warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept_from or self.spec.job_id)
-        del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
-        devices.free_memory()
-        gguf = self.export(setup, saved, data.gguf_examples)
+        early = self.convert_early(model, saved)
+        try:
+            evaluated = self.evaluate(backend, model, tokenizer, data)
+            result = JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
+            warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept_from or self.spec.job_id)
+            del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
+            devices.free_memory()
+            gguf = self.export(setup, saved, data.gguf_examples, early)
+        except BaseException:
+            if early is not None:
+                early.abandon()
+            raise
         report = self.gates(baseline, evaluated, trained.history, gguf.gate if gguf else None)
         return self.finish(result, saved, gguf, report, started)
 
@@ -238,16 +244,38 @@ class LoraRecipe:
         self.reporter.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
-    def export(self, setup: Setup, saved: Saved, examples: list[TestExample]) -> GgufExport | None:
-        """GGUF files of the merged model, verified in llama.cpp; None when the job asks for none."""
+    def convert_early(self, model: Any, saved: Saved) -> export.EarlyGguf | None:
+        """On a GPU, the GGUF files start converting from the merged model as soon as it is saved, beside the
+        evaluate step (CPU and disk work while the GPU answers). On a CPU both would share the same cores: the
+        files are written in the export step, after."""
+        save = self.config.save
+        if not save.gguf_types or saved.merged is None or next(model.parameters()).device.type != "cuda":
+            return None
+        assert self.folder.gguf_dir is not None
+        log.info("export: converting the merged model to GGUF beside the evaluate step")
+        return export.EarlyGguf(saved.merged, self.folder.gguf_dir, save.gguf_types, self.reporter.check_stop)
+
+    def export(
+        self, setup: Setup, saved: Saved, examples: list[TestExample], early: export.EarlyGguf | None = None
+    ) -> GgufExport | None:
+        """GGUF files of the merged model (`early`: being written already), verified in llama.cpp; None when the
+        job asks for none."""
         save = self.config.save
         if not save.gguf_types or saved.merged is None:
             return None
-        self.reporter.phase(JobPhase.exporting)
-        tracker = export.Tracker.planned(self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples)
         try:
+            self.reporter.phase(JobPhase.exporting)
+            tracker = export.Tracker.planned(
+                self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples, begun=early is not None
+            )
             template, check_stop = setup.template, self.reporter.check_stop
-            return export.export_gguf(self.config, self.folder, saved.merged, examples, template, tracker, check_stop)
+            return export.export_gguf(
+                self.config, self.folder, saved.merged, examples, template, tracker, check_stop, early=early
+            )
+        except BaseException:
+            if early is not None:  # stopped before the merged model goes
+                early.abandon()
+            raise
         finally:
             if not save.merged_path:
                 export.remove_tree(saved.merged)
