@@ -308,8 +308,7 @@ def score_stage(
         batch_size=largest if isinstance(settings.batch_size, int) else min(largest, generation.LOSS_BATCH),
     )
     loss_seconds = time.monotonic() - started
-    # Both steps answer the inference prompts in their batches, so that both run the same shapes (a compiled
-    # model compiles once per shape); the baseline's answers to them are dropped.
+    # Both steps answer the inference prompts (the same shapes to compile); the baseline's answers are dropped.
     asked = [[{"role": "user", "content": prompt}] for prompt in settings.inference_prompts]
     generate, metrics, samples, answers = answer(
         model, tokenizer, examples, settings, template.stop_word, config.training.seed, progress, asked

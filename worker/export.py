@@ -5,14 +5,11 @@ this module runs them in order, with one progress line over them all."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from worker.gguf import (
     never_stop,
 )
 from worker.gguf.convert import check_tools, write_ggufs
+from worker.gguf.early import EarlyGguf
 from worker.gguf.modelfile import END_OF_TURN, write_modelfile
 from worker.gguf.verify import chrf, judge_files, quantization_gate, verify_ggufs
 
@@ -91,39 +89,6 @@ class Tracker:
             return
         self.last_sent, self.last_message = now, message
         self.report(message[0], f"{self.detail} ({fraction:.0%})" if fraction else self.detail)
-
-
-class Abandoned(Exception):
-    """An early GGUF conversion's job will not export: stop it."""
-
-
-class EarlyGguf:
-    """The GGUF files written in a thread of their own from the moment the merged model is saved, while the
-    evaluate step has the GPU: converting is CPU and disk work (21 s of the 270M shape's 29 s export on an H100,
-    docs/benchmarks.md) that then runs beside the evaluate step instead of after it. `files` waits for them or
-    raises what stopped them; `abandon` (the job will not export) stops the tools and removes what they wrote."""
-
-    def __init__(self, merged: Path, out_dir: Path, types: Sequence[str], check_stop: StopCheck) -> None:
-        self._abandoned = threading.Event()
-
-        def stop() -> None:
-            if self._abandoned.is_set():
-                raise Abandoned()
-            check_stop()
-
-        quiet = Tracker.planned(lambda fraction, detail: None, types, merging=False, scoring=())  # evaluate's shows
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-gguf")
-        self._written = pool.submit(write_ggufs, merged, out_dir, types, quiet, stop)
-        pool.shutdown(wait=False)
-
-    def files(self) -> dict[str, Path]:
-        return self._written.result()
-
-    def abandon(self) -> None:
-        self._abandoned.set()
-        with contextlib.suppress(BaseException):  # why it stopped is the job's own error, raised already
-            for path in self._written.result().values():
-                path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from worker.checkpoints import CheckpointSelector, selection, validation_example
 from worker.data import prepare
 from worker.evaluation import StageScore, TestExample
 from worker.export import GgufExport
+from worker.gguf.early import EarlyGguf, abandoned_on_error
 from worker.protocol import BackendChosen, CheckpointSaved, JobSpec, StopRequested
 from worker.reporter import Reporter
 from worker.result import JobResult, Trained
@@ -91,18 +92,13 @@ class LoraRecipe:
         if not ranks.leader():  # the other DDP ranks only train; rank 0 saves, evaluates and exports
             return JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
         saved = self.save(backend, model, tokenizer, setup)
-        early = self.convert_early(model, saved)
-        try:
-            evaluated = self.evaluate(backend, model, tokenizer, data)
-            result = JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
-            warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept_from or self.spec.job_id)
-            del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
-            devices.free_memory()
-            gguf = self.export(setup, saved, data.gguf_examples, early)
-        except BaseException:
-            if early is not None:
-                early.abandon()
-            raise
+        early = EarlyGguf.begin(self.config.save, saved.merged, self.folder.gguf_dir, model, self.reporter.check_stop)
+        evaluated = self.evaluate(backend, model, tokenizer, data, early)
+        result = JobResult.of(backend.name, setup, data.stats, trained, self.kept_from)
+        warm_model.keep(self.warm_key, backend, model, tokenizer, self.kept_from or self.spec.job_id)
+        del model, tokenizer  # the export loads models of its own: give back what training held, unless kept
+        devices.free_memory()
+        gguf = self.export(setup, saved, data.gguf_examples, early)
         report = self.gates(baseline, evaluated, trained.history, gguf.gate if gguf else None)
         return self.finish(result, saved, gguf, report, started)
 
@@ -235,47 +231,37 @@ class LoraRecipe:
                 saved.exports["merged"] = save.merged_path
         return saved
 
-    def evaluate(self, backend: Backend, model: Any, tokenizer: Any, data: Data) -> dict | None:
-        """The fine-tuned model on the same split, after training."""
+    def evaluate(
+        self, backend: Backend, model: Any, tokenizer: Any, data: Data, early: EarlyGguf | None
+    ) -> dict | None:
+        """The fine-tuned model on the same split, after training (and beside it, on a GPU, the GGUF files)."""
         if not self.config.evaluation.evaluate:
             return None
-        self.reporter.phase(JobPhase.evaluate)
-        report = self.score_model("evaluate", backend, model, tokenizer, data).report
+        with abandoned_on_error(early):
+            self.reporter.phase(JobPhase.evaluate)
+            report = self.score_model("evaluate", backend, model, tokenizer, data).report
         self.reporter.publish(evaluation={"examples": report["examples"], "metrics": report["metrics"]})
         return report
 
-    def convert_early(self, model: Any, saved: Saved) -> export.EarlyGguf | None:
-        """On a GPU, the GGUF files start converting from the merged model as soon as it is saved, beside the
-        evaluate step (CPU and disk work while the GPU answers). On a CPU both would share the same cores: the
-        files are written in the export step, after."""
-        save = self.config.save
-        if not save.gguf_types or saved.merged is None or next(model.parameters()).device.type != "cuda":
-            return None
-        assert self.folder.gguf_dir is not None
-        log.info("export: converting the merged model to GGUF beside the evaluate step")
-        return export.EarlyGguf(saved.merged, self.folder.gguf_dir, save.gguf_types, self.reporter.check_stop)
-
     def export(
-        self, setup: Setup, saved: Saved, examples: list[TestExample], early: export.EarlyGguf | None = None
+        self, setup: Setup, saved: Saved, examples: list[TestExample], early: EarlyGguf | None
     ) -> GgufExport | None:
-        """GGUF files of the merged model (`early`: being written already), verified in llama.cpp; None when the
-        job asks for none."""
+        """GGUF files of the merged model (`early`: begun already), verified in llama.cpp; None when the job asks
+        for none."""
         save = self.config.save
         if not save.gguf_types or saved.merged is None:
             return None
         try:
-            self.reporter.phase(JobPhase.exporting)
-            tracker = export.Tracker.planned(
-                self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples, begun=early is not None
-            )
-            template, check_stop = setup.template, self.reporter.check_stop
-            return export.export_gguf(
-                self.config, self.folder, saved.merged, examples, template, tracker, check_stop, early=early
-            )
-        except BaseException:
-            if early is not None:  # stopped before the merged model goes
-                early.abandon()
-            raise
+            with abandoned_on_error(early):  # before the merged model goes
+                self.reporter.phase(JobPhase.exporting)
+                begun = early is not None
+                tracker = export.Tracker.planned(
+                    self.reporter.phase_progress, save.gguf_types, merging=False, scoring=examples, begun=begun
+                )
+                template, check_stop = setup.template, self.reporter.check_stop
+                return export.export_gguf(
+                    self.config, self.folder, saved.merged, examples, template, tracker, check_stop, early=early
+                )
         finally:
             if not save.merged_path:
                 export.remove_tree(saved.merged)

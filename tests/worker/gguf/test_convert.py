@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import OPTConfig
 
-from worker.export import EarlyGguf
 from worker.gguf import ExportError, UnsupportedArchitecture, never_stop
 from worker.gguf.convert import check_tools
+from worker.gguf.early import EarlyGguf
 
 
 def test_a_supported_architecture_passes_the_check(tiny_model_dir: Path) -> None:
