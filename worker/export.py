@@ -85,8 +85,8 @@ class Tracker:
     def _send(self, fraction: float, force: bool = False) -> None:
         now = time.monotonic()
         message = (round(min((self.done + self.current * fraction) / self.total, 1.0), 4), self.detail)
-        if not force and (now - self.last_sent < 0.5 or message == self.last_message):
-            return
+        if not force and (message == self.last_message or (fraction < 1.0 and now - self.last_sent < 0.5)):
+            return  # a stage's end is always sent: a quick stage must not stop its line short of it
         self.last_sent, self.last_message = now, message
         self.report(message[0], f"{self.detail} ({fraction:.0%})" if fraction else self.detail)
 

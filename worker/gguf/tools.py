@@ -86,6 +86,8 @@ def run_tool(
     output = "\n".join(tail)
     if proc.returncode != 0:
         raise ExportError(f"{what} failed (exit code {proc.returncode}); its last output:\n{output[-2500:]}")
+    if fractions and progress:  # its last lines may come after the last look: the stage ends where the tool did
+        progress(min(fractions[-1], 1.0))
     return output
 
 
