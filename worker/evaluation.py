@@ -119,18 +119,7 @@ def score(
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
     """Generate an answer to each example and score them: the metrics and one sample row per example, in the
     examples' order. `order`: the order they are answered in (generation.by_length), batch by batch."""
-    order = list(range(len(examples))) if order is None else list(order)
-    answered: dict[int, str] = {}
-    for batch in batches(order, batch_size):
-        answers = generate([examples[i].prompt for i in batch])
-        if len(answers) != len(batch):
-            raise RuntimeError(f"generate returned {len(answers)} answers for {len(batch)} prompts")
-        answered.update(zip(batch, answers, strict=True))
-        if progress:
-            progress(len(answered), len(examples))
-    if len(answered) != len(examples):
-        raise RuntimeError(f"{len(answered)} answers for {len(examples)} prompts: `order` must list each once")
-    return scored(examples, [answered[i] for i in range(len(examples))])
+    return scored(examples, generation.answer_all([e.prompt for e in examples], generate, batch_size, order, progress))
 
 
 def scored(
@@ -207,16 +196,12 @@ def answer(
     rows = generation.batch_rows(len(prompts), generation.resolved_batch(settings.batch_size, on_gpu))
     generate = model_generator(model, tokenizer, settings, stop_word, seed, rows)
     order = generation.by_length(generate.lengths(prompts))
-    answered: dict[int, str] = {}
-    for batch in batches(order, rows):
-        answered.update(zip(batch, generate([prompts[i] for i in batch]), strict=True))
-        if progress:
-            progress(sum(1 for i in answered if i < len(examples)), len(examples))
-    metrics, samples = scored(examples, [answered[i] for i in range(len(examples))])
+    answers = generation.answer_all(prompts, generate, rows, order, progress, counted=len(examples))
+    metrics, samples = scored(examples, answers[: len(examples)])
     for i, ended in zip(order, generate.ended, strict=True):
         if i < len(examples):
             samples[i]["ended_turn"] = ended
-    return generate, metrics, samples, [answered[i] for i in range(len(examples), len(prompts))]
+    return generate, metrics, samples, answers[len(examples) :]
 
 
 def answer_loss(

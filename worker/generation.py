@@ -14,7 +14,7 @@ prompts are padded to their batch's longest only.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Conversation = list[dict[str, str]]
@@ -76,6 +76,32 @@ def by_length(lengths: Sequence[int]) -> list[int]:
     """The order prompts are answered in: longest first (a batch that does not fit fails at once, not last), ties
     in file order."""
     return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+def answer_all(
+    prompts: Sequence[Conversation],
+    generate: Callable[[list[Conversation]], list[str]],
+    batch_size: int,
+    order: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    counted: int | None = None,
+) -> list[str]:
+    """Each prompt's answer, in the prompts' order, asked batch by batch in `order` (default: theirs). After each
+    batch `progress` is told how many of the first `counted` prompts (default: all) are answered."""
+    order = list(range(len(prompts))) if order is None else list(order)
+    counted = len(prompts) if counted is None else counted
+    answered: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        answers = generate([prompts[i] for i in batch])
+        if len(answers) != len(batch):
+            raise RuntimeError(f"generate returned {len(answers)} answers for {len(batch)} prompts")
+        answered.update(zip(batch, answers, strict=True))
+        if progress:
+            progress(sum(1 for i in answered if i < counted), counted)
+    if len(answered) != len(prompts):
+        raise RuntimeError(f"{len(answered)} answers for {len(prompts)} prompts: `order` must list each once")
+    return [answered[i] for i in range(len(prompts))]
 
 
 class Generator:

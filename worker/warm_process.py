@@ -96,11 +96,8 @@ class WarmProcess:
         self.current = TrainingProcess.spawn(self.context, self.lease, backend)
         self.current.conn.send(Warmup("auto", str(self.settings.cache_dir)))
         self.current.idle_since = time.monotonic()
-        log.info("started the training process ahead of the first job (pid %s): importing %s", self.pid, backend)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.current is None else self.current.process.pid
+        pid = self.current.process.pid
+        log.info("started the training process ahead of the first job (pid %s): importing %s", pid, backend)
 
     def for_job(self, job: Job, spec: JobSpec) -> TrainingProcess:
         """The warm process when it fits this job (the same backend, one process), else a fresh one."""

@@ -62,20 +62,18 @@ def imported_by(name: str, gpus: bool) -> str:
 
 
 def select(name: str) -> Backend:
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
-    if name == "unsloth" or (name == "auto" and has_unsloth):
-        if not has_unsloth:
-            raise BackendUnavailable(
-                "backend 'unsloth' needs the `gpu` extra on the worker (pip install 'forge-trainer[gpu]'); "
-                "use backend 'auto' or 'transformers' to train without it"
-            )
-        if not _cuda():
-            if name == "unsloth":
-                raise BackendUnavailable("backend 'unsloth' needs a CUDA GPU and this worker has none")
-        else:
-            from worker.backends.unsloth_backend import UnslothBackend
+    if name == "unsloth" and importlib.util.find_spec("unsloth") is None:
+        raise BackendUnavailable(
+            "backend 'unsloth' needs the `gpu` extra on the worker (pip install 'forge-trainer[gpu]'); "
+            "use backend 'auto' or 'transformers' to train without it"
+        )
+    cuda = _cuda()
+    if name == "unsloth" and not cuda:
+        raise BackendUnavailable("backend 'unsloth' needs a CUDA GPU and this worker has none")
+    if imported_by(name, cuda) == "unsloth":
+        from worker.backends.unsloth_backend import UnslothBackend
 
-            return UnslothBackend()
+        return UnslothBackend()
     from worker.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend()
