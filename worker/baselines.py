@@ -8,8 +8,9 @@ shares; a later job with the same key copies them (its metrics/baseline.json nam
 The key covers everything the baseline's numbers depend on: the backend and the model section (4-bit or not,
 sequence length), the model's files (names, sizes, modification times) or the hub snapshot it loads, the chat
 template, every scored test example (the split's content, `max_examples`, the glossary's terms), the generation
-settings (the inference prompts too, answered in the same batches), the seed when sampling, and the versions of
-this code and of torch and transformers.
+settings (the inference prompts too, answered in the same batches), the seed when sampling, the device that answers
+(a CPU's float32 and a GPU's bfloat16 round differently, and so do two kinds of GPU), and the versions of this code
+and of torch and transformers.
 """
 
 from __future__ import annotations
@@ -63,10 +64,21 @@ def model_fingerprint(model_path: str) -> Any:
     return str(snapshot) if isinstance(snapshot, str) else model_path
 
 
-def key(config: TrainingConfig, backend: str, model_path: str, template: str, examples: list[TestExample]) -> str:
+def device_of(model: Any) -> str:
+    """Where `model` answers: "cpu", or the GPU's name."""
+    import torch
+
+    device = next(model.parameters()).device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def key(
+    config: TrainingConfig, backend: str, model_path: str, template: str, examples: list[TestExample], device: str
+) -> str:
     settings = config.evaluation
     parts = {
         "backend": backend,
+        "device": device,
         "model": config.model.model_dump(mode="json"),
         "model_files": model_fingerprint(model_path),
         "template": template,

@@ -166,7 +166,8 @@ class LoraRecipe:
         else:
             self.reporter.phase(JobPhase.baseline)
             project, examples = Path(self.spec.project_dir), len(data.test_set)
-            digest = baselines.key(self.config, backend.name, setup.model_path, setup.template.name, data.test_set)
+            asked = (self.config, backend.name, setup.model_path, setup.template.name, data.test_set)
+            digest = baselines.key(*asked, baselines.device_of(model))
             reused = baselines.reuse(project, digest, self.folder) if self.config.evaluation.reuse_baseline else None
             if reused is not None:
                 report = reused

@@ -10,10 +10,10 @@ from worker import baselines
 from worker.evaluation import TestExample as Example
 
 
-def _key(model: Path, examples: list[Example], **sections: dict) -> str:
+def _key(model: Path, examples: list[Example], device: str = "cpu", **sections: dict) -> str:
     model_section = {"name": str(model), **sections.pop("model_section", {})}
     config = TrainingConfig.model_validate({"model": model_section, **sections})
-    return baselines.key(config, "transformers", str(model), "gemma-3", examples)
+    return baselines.key(config, "transformers", str(model), "gemma-3", examples, device)
 
 
 def test_the_key_follows_the_model_files_the_split_and_the_generation_settings(tmp_path: Path) -> None:
@@ -33,8 +33,15 @@ def test_the_key_follows_the_model_files_the_split_and_the_generation_settings(t
     assert _key(model, examples, evaluation={"max_new_tokens": 12}) != first  # generation settings
     assert _key(model, examples, evaluation={"do_sample": True}) != first
     assert _key(model, examples, model_section={"max_seq_length": 512}) != first
+    assert _key(model, examples, device="NVIDIA H100 80GB HBM3") != first  # a GPU rounds otherwise
 
     weights.write_bytes(b"b" * 64)  # the same folder, new weights in place
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert _key(model, examples) != first
+
+
+def test_the_device_is_where_the_model_answers() -> None:
+    import torch
+
+    assert baselines.device_of(torch.nn.Linear(2, 2)) == "cpu"
