@@ -122,7 +122,12 @@ def profile(model: Any, tokenizer: Any, examples: list[Any], stop: str, steps: i
     wall = time.monotonic() - started
     decode_steps = steps * -(-len(examples) // generate.rows)
     print(f"PROFILE {decode_steps} decode steps in {wall:.2f} s ({1000 * wall / decode_steps:.1f} ms a step)")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    table = prof.key_averages()
+    print(table.table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    if torch.cuda.is_available():  # the GPU's share: a step bound by launches shows little device time
+        device_us = sum(e.self_device_time_total for e in table)
+        print(f"PROFILE device time {device_us / 1e6:.2f} s of {wall:.2f} s wall")
+        print(table.table(sort_by="self_device_time_total", row_limit=15), flush=True)
     prof.export_chrome_trace(str(trace))
 
 
