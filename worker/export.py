@@ -162,13 +162,14 @@ def merged_predictions(
     stops = generation.stop_ids(tokenizer, stop_word)
     rows = generation.batch_rows(len(prompts), REFERENCE_BATCH)
     generate = generation.Generator(model, tokenizer, max_new_tokens=EVAL_MAX_NEW_TOKENS, stop_ids=stops, rows=rows)
-    answers: list[str] = []
+
+    def answered(done: int, total: int) -> None:
+        progress(done / total)
+        check_stop()  # between batches: a cancel waits for one batch at most
+
     try:
-        for batch in evaluation.batches(prompts, rows):
-            check_stop()
-            answers += generate(list(batch))
-            progress(len(answers) / len(prompts))
-        return answers, generate.ended
+        check_stop()
+        return generation.answer_all(prompts, generate, rows, progress=answered), generate.ended
     finally:
         del model, generate
         devices.free_memory()
