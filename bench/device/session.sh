@@ -2,7 +2,9 @@
 # One GPU session's measurements, ONE AT A TIME: run side by side, the compiles and llama.cpp's spinning threads
 # fight over the CPU and no figure is clean (docs/benchmarks.md, 2026-12-06). Name the parts, in order; gpu is
 # the training and export tests, gpu-rest the other GPU tests, decode the generation's paths and a profile of its
-# decode steps; the 4B bench alone takes about 25 minutes of a session's 30. Start it detached and watch it:
+# decode steps (270M), decode-4b the decoding ratio (the evaluate step's path, the old one, a static
+# cache; about 12 minutes);
+# the 4B bench alone takes about 25 minutes of a session's 30. Start it detached and watch it:
 #   bash bench/device/start.sh bash bench/device/session.sh gpu 270m && bash bench/device/watch.sh 530  # carry .device
 #   bash bench/device/watch.sh 540                                                                    # every next call
 # Each bench starts from empty compile caches of its own (its cold job is cold after the tests); the 270M bench
@@ -27,6 +29,8 @@ for part in "${parts[@]}"; do
             --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1) ;;
     decode) (cold_caches decode; python bench/eval_speed.py --shape gemma3-270m --variants after,static \
               --repeats 2 --profile /tmp/decode-trace.json --json /tmp/run/decode.json > /tmp/run/decode.log 2>&1) ;;
-    *) echo "unknown part $part (gpu, gpu-rest, 4b, 270m, decode)" ;;
+    decode-4b) (cold_caches decode4b; python bench/eval_speed.py --shape gemma3-4b --first after \
+              --variants after,before,static --repeats 2 --json /tmp/run/decode-4b.json > /tmp/run/decode-4b.log 2>&1) ;;
+    *) echo "unknown part $part (gpu, gpu-rest, 4b, 270m, decode, decode-4b)" ;;
   esac
 done
