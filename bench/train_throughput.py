@@ -9,6 +9,10 @@ steps after `--warmup` of (tokens in the step / step time), which leaves out com
 
     python bench/train_throughput.py --shape gemma3-4b --batch 4 --tokens 1200 --stacks unsloth hf worker
     python bench/train_throughput.py --shape gemma3-270m --batch 8 --tokens 360 --json out.json
+    python bench/train_throughput.py --shape gemma3-270m --stacks unsloth worker --jobs 1 --repeats 3
+
+With `--repeats N` the stacks run N times, interleaved (unsloth, worker, unsloth, worker, ...), so that a drift of
+the machine touches both; the ratios are then those of the stacks' medians, and each repeat's ratio is printed too.
 """
 
 from __future__ import annotations
@@ -237,6 +241,23 @@ def run_worker(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- the driver -----------------------------------------------------------------------------------------
+def of_stack(rows: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
+    """The rows of one stack that measured something, in the order they ran."""
+    return [r for r in rows if r["stack"] == stack and "tokens_per_s" in r]
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each stack's median tokens/s and peak memory over its repeats."""
+    found = {}
+    for stack in dict.fromkeys(r["stack"] for r in rows):
+        measured = of_stack(rows, stack)
+        if measured:
+            found[stack] = {
+                key: statistics.median(r[key] for r in measured) for key in ("tokens_per_s", "peak_gpu_memory_gib")
+            }
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="gemma3-270m", help="gemma3-270m, gemma3-4b, llama3.1-8b")
@@ -247,6 +268,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the median")
     parser.add_argument("--jobs", type=int, default=2, help="jobs one after the other on the same worker")
+    parser.add_argument("--repeats", type=int, default=1, help="run the stacks this many times, interleaved")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--work", type=Path, help="where models, data and logs go (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -275,14 +297,15 @@ def main() -> None:
     data = a.work / "data.jsonl"
     write_data(data, a.tokens, max(64, a.batch * (a.steps + 2)), tokenizer_dir)
     rows = []
-    for stack in a.stacks:
+    for repeat, stack in itertools.product(range(a.repeats), a.stacks):
         args = [sys.executable, __file__, "--one", stack, "--model", str(model), "--data", str(data)]
         args += ["--work", str(a.work), "--batch", str(a.batch), "--steps", str(a.steps)]
         args += ["--max-seq-length", str(a.max_seq_length), "--jobs", str(a.jobs), "--port", str(a.port)]
         args += ["--worker-backend", a.worker_backend]
         began = time.time()
         done = subprocess.run(args, cwd=ROOT, check=False)
-        row: dict[str, Any] = {"stack": stack, "shape": a.shape, "batch": a.batch, "wall_s": round(time.time() - began)}
+        row: dict[str, Any] = {"stack": stack, "shape": a.shape, "batch": a.batch, "repeat": repeat}
+        row["wall_s"] = round(time.time() - began)
         if done.returncode != 0:
             row["error"] = f"exit code {done.returncode}"
         else:
@@ -296,8 +319,13 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if a.json:  # after each stack, so a run cut short keeps what it measured
             a.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    by = {r["stack"]: r for r in rows if "tokens_per_s" in r}
-    ratios = {}
+    by = medians(rows)
+    ratios: dict[str, Any] = {}
+    if a.repeats > 1 and {"worker", "unsloth"} <= set(a.stacks):
+        ratios["worker_vs_unsloth_tokens_each_repeat"] = [
+            round(w["tokens_per_s"] / u["tokens_per_s"], 3)
+            for u, w in zip(of_stack(rows, "unsloth"), of_stack(rows, "worker"), strict=False)
+        ]
     if "worker" in by and "unsloth" in by:
         ratios["worker_vs_unsloth_tokens"] = round(by["worker"]["tokens_per_s"] / by["unsloth"]["tokens_per_s"], 3)
     if "worker" in by and "hf" in by:

@@ -7,4 +7,5 @@ nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
 [ -e /tmp/run/DONE ] && echo "=== DONE"
 grep -h "JOB PHASES" /tmp/run/*.log 2>/dev/null | cut -c1-700
 grep -h "^SUMMARY\|^PROFILE" /tmp/run/decode*.log 2>/dev/null | cut -c1-700
+grep -h '"ratios"' /tmp/run/throughput*.log 2>/dev/null | cut -c1-700
 tail -qn 2 /tmp/run/gpu*.log 2>/dev/null
