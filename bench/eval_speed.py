@@ -9,11 +9,18 @@ as the job holds it: loaded by the backend, LoRA attached, in the backend's infe
   out evenly, fixed shapes on CUDA (width buckets, short batches filled up).
 
 - `static` (with `--variants`): the `after` path with transformers' static KV cache
-  (`cache_implementation="static"`): one cache shape for every decode step.
+  (`cache_implementation="static"`): one cache shape for every decode step. With `--backend unsloth` this is the
+  `after` path again: Unsloth's `generate` for FastModel (unsloth/models/vision.py) already picks a static cache
+  for Gemma 3, and keeps transformers from compiling the decode step (nor could it: bitsandbytes' 4-bit
+  quantizer is not `is_compileable`, so no CUDA graphs through transformers for a 4-bit model).
+- `eager` (with `--variants`, Unsloth only): the `after` path inside unsloth_zoo's `unsloth_eager_decode()`, in
+  which Unsloth's compiled regions call their eager originals. Unsloth does this for the decode steps of
+  Qwen 3.5 and gpt-oss only ("at one token their guard checks and wrapper cost more than the fusion saves");
+  this measures it for Gemma 3.
 
-With `--profile FILE`, 16 decode steps of the `after` path then run under torch's profiler: the top operators by
-CPU time are printed (a decode step of Unsloth's inference mode took 170-200 ms on an H100/H200 whatever the
-model's size: overhead, not arithmetic) and the timeline goes to FILE.
+With `--profile FILE`, 16 decode steps of the `--profile-variant` path (default `after`) then run under torch's
+profiler: the top operators by CPU time are printed (a decode step of Unsloth's inference mode took 170-200 ms on
+an H100/H200 whatever the model's size: overhead, not arithmetic) and the timeline goes to FILE.
 
 Each runs `--repeats` times, interleaved; the first run (`--first`) compiles from nothing, the other one then only
 for the shapes it adds. Run it once with each `--first`, each with an empty TORCHINDUCTOR_CACHE_DIR, for both cold
@@ -24,13 +31,14 @@ generated tokens and tokens/s; then how many answers are identical between the t
     python bench/eval_speed.py --shape gemma3-4b --rows 40 --json eval-4b.json        # on the GPU machine
     python bench/eval_speed.py --shape gemma3-270m --rows 200
     python bench/eval_speed.py --shape tiny --backend transformers --rows 16 --max-new-tokens 8  # CPU try
-    python bench/eval_speed.py --shape gemma3-270m --variants after,static --repeats 2 --profile decode.json
+    python bench/eval_speed.py --shape gemma3-270m --variants after,eager --repeats 2 --profile decode.json
     python bench/eval_speed.py --shape embedded --backend transformers --rows 24 --max-new-tokens 32  # real answers
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -72,6 +80,20 @@ def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]
     return backend, model, tokenizer, template
 
 
+def decoding(variant: str) -> Any:
+    """The context a variant generates in: unsloth_zoo's eager decode for `eager` (entered with grad off, as it
+    asks: it stays off when entered with grad on), else none."""
+    stack = contextlib.ExitStack()
+    if variant == "eager":
+        import torch
+        from unsloth_zoo.temporary_patches.utils import eager_decode_active, unsloth_eager_decode
+
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(unsloth_eager_decode())
+        assert eager_decode_active(), "unsloth_eager_decode did not switch on"
+    return stack
+
+
 def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str, max_new: int) -> dict[str, Any]:
     from app.training_config import EvaluationSection
     from worker import evaluation, generation
@@ -91,9 +113,10 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
         generate.config.cache_implementation = "static"
         order = generation.by_length(generate.lengths([e.prompt for e in examples]))
         _, samples = evaluation.score(examples, generate, batch_size=rows, order=order)
-    else:  # the evaluate step's own path, evaluation.batch_size auto
+    else:  # the evaluate step's own path, evaluation.batch_size auto (`eager`: Unsloth's compiled regions skipped)
         settings = EvaluationSection(max_new_tokens=max_new)
-        generate, _, samples, _ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
+        with decoding(variant):
+            generate, _, samples, _ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
     wall = time.monotonic() - started
     return {
         "variant": variant,
@@ -103,10 +126,13 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
     }
 
 
-def profile(model: Any, tokenizer: Any, examples: list[Any], stop: str, steps: int, trace: Path) -> None:
+def profile(
+    model: Any, tokenizer: Any, examples: list[Any], stop: str, steps: int, trace: Path, variant: str = "after"
+) -> None:
     """Where a decode step's time goes: the evaluate step's first batch for `steps` new tokens under torch's
-    profiler (CPU and CUDA), after a warm-up run of the same shape; the top operators by CPU time are printed and
-    the whole timeline written to `trace` (chrome://tracing, Perfetto)."""
+    profiler (CPU and CUDA), after a warm-up run of the same shape, in `variant`'s context (`after` or `eager`);
+    the top operators by CPU time are printed and the whole timeline written to `trace` (chrome://tracing,
+    Perfetto)."""
     import torch
     from torch.profiler import ProfilerActivity
 
@@ -114,14 +140,17 @@ def profile(model: Any, tokenizer: Any, examples: list[Any], stop: str, steps: i
     from worker import evaluation
 
     settings = EvaluationSection(max_new_tokens=steps)
-    evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)  # compiled for these shapes
+    with decoding(variant):
+        evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)  # compiled for these shapes
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     started = time.monotonic()
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities) as prof, decoding(variant):
         generate, *_ = evaluation.answer(model, tokenizer, examples, settings, stop, seed=0)
     wall = time.monotonic() - started
     decode_steps = steps * -(-len(examples) // generate.rows)
-    print(f"PROFILE {decode_steps} decode steps in {wall:.2f} s ({1000 * wall / decode_steps:.1f} ms a step)")
+    print(
+        f"PROFILE {variant}: {decode_steps} decode steps in {wall:.2f} s ({1000 * wall / decode_steps:.1f} ms a step)"
+    )
     table = prof.key_averages()
     print(table.table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
     if torch.cuda.is_available():  # the GPU's share: a step bound by launches shows little device time
@@ -141,8 +170,9 @@ def main() -> None:
     parser.add_argument(
         "--first", default="before", choices=("before", "after"), help="the variant that runs cold (compiles first)"
     )
-    parser.add_argument("--variants", default="before,after", help="which paths, in this order (also: static)")
+    parser.add_argument("--variants", default="before,after", help="which paths, in this order (also: static, eager)")
     parser.add_argument("--profile", type=Path, help="also profile 16 decode steps; the timeline goes to this file")
+    parser.add_argument("--profile-variant", default="after", choices=("after", "eager"), help="the path profiled")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--json", type=Path)
     a = parser.parse_args()
@@ -186,7 +216,7 @@ def main() -> None:
     }
     print("SUMMARY", json.dumps(summary), flush=True)
     if a.profile:
-        profile(model, tokenizer, examples, template.stop_word, 16, a.profile)
+        profile(model, tokenizer, examples, template.stop_word, 16, a.profile, a.profile_variant)
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
 

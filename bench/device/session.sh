@@ -2,8 +2,8 @@
 # One GPU session's measurements, ONE AT A TIME: run side by side, the compiles and llama.cpp's spinning threads
 # fight over the CPU and no figure is clean (docs/benchmarks.md, 2026-12-06). Name the parts, in order; gpu is
 # the training and export tests, gpu-rest the other GPU tests, decode the generation's paths and a profile of its
-# decode steps (270M), decode-4b the decoding ratio (the evaluate step's path, the old one, a static
-# cache; about 12 minutes), throughput-270m and throughput-4b the worker's training tokens/s against Unsloth
+# decode steps (270M), decode-4b the decoding ratio (the evaluate step's path, the old one, Unsloth's
+# eager decode; about 12 minutes), throughput-270m and throughput-4b the worker's training tokens/s against Unsloth
 # called directly (interleaved, 3 repeats each);
 # the 4B bench alone takes about 25 minutes of a session's 30. Start it detached and watch it:
 #   bash bench/device/start.sh bash bench/device/session.sh gpu 270m && bash bench/device/watch.sh 530  # carry .device
@@ -28,10 +28,10 @@ for part in "${parts[@]}"; do
     270m) (cold_caches 270m; FORGE_TORCH_LOGS=recompiles python bench/job_phases.py --shape gemma3-270m \
             --test-rows 40,200 --jobs cold,restarted,warm --prune --work /tmp/phases270m --port 8768 \
             --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1) ;;
-    decode) (cold_caches decode; python bench/eval_speed.py --shape gemma3-270m --variants after,static \
+    decode) (cold_caches decode; python bench/eval_speed.py --shape gemma3-270m --variants after,eager \
               --repeats 2 --profile /tmp/decode-trace.json --json /tmp/run/decode.json > /tmp/run/decode.log 2>&1) ;;
     decode-4b) (cold_caches decode4b; python bench/eval_speed.py --shape gemma3-4b --first after \
-              --variants after,before,static --repeats 2 --json /tmp/run/decode-4b.json > /tmp/run/decode-4b.log 2>&1) ;;
+              --variants after,before,eager --repeats 2 --json /tmp/run/decode-4b.json > /tmp/run/decode-4b.log 2>&1) ;;
     throughput-270m) python bench/train_throughput.py --shape gemma3-270m --stacks unsloth worker --jobs 1 \
               --repeats 3 --work /tmp/tp270m --json /tmp/run/throughput-270m.json > /tmp/run/throughput-270m.log 2>&1 ;;
     throughput-4b) python bench/train_throughput.py --shape gemma3-4b --batch 4 --tokens 1200 --stacks unsloth worker \
