@@ -22,6 +22,10 @@ With `--profile FILE`, 16 decode steps of the `--profile-variant` path (default 
 profiler: the top operators by CPU time are printed (a decode step of Unsloth's inference mode took 170-200 ms on
 an H100/H200 whatever the model's size: overhead, not arithmetic) and the timeline goes to FILE.
 
+Each variant but `before` first scores the answer loss of the split's reference answers, as the steps do, in
+its own context: `loss_seconds` per run (the first compiles Unsloth's inference forward: 40-75 s of a cold
+baseline step on 2026-12-06) and `test_loss` (the same model, so the same loss to rounding).
+
 Each runs `--repeats` times, interleaved; the first run (`--first`) compiles from nothing, the other one then only
 for the shapes it adds. Run it once with each `--first`, each with an empty TORCHINDUCTOR_CACHE_DIR, for both cold
 figures. Printed per run: wall time,
@@ -94,10 +98,19 @@ def decoding(variant: str) -> Any:
     return stack
 
 
-def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str, max_new: int) -> dict[str, Any]:
+def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], template: Any, max_new: int) -> dict[str, Any]:
     from app.training_config import EvaluationSection
     from worker import evaluation, generation
 
+    stop = template.stop_word
+    loss: dict[str, Any] = {}
+    if variant != "before":  # the steps' answer loss first, as score_stage runs it, in the variant's context
+        started = time.monotonic()
+        with decoding(variant):
+            scored = evaluation.answer_loss(
+                model, tokenizer, examples, template=template, max_length=1024, batch_size=generation.LOSS_BATCH
+            )
+        loss = {"loss_seconds": round(time.monotonic() - started, 2), "test_loss": scored["test_loss"]}
     started = time.monotonic()
     if variant == "before":  # 8 at a time in file order, each batch padded to its own longest prompt
         stops = generation.stop_ids(tokenizer, stop)
@@ -121,6 +134,7 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], stop: str
     return {
         "variant": variant,
         "wall_seconds": round(wall, 2),
+        **loss,
         **generate.throughput(),
         "answers": [s["answer"] for s in samples],
     }
@@ -168,7 +182,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--first", default="before", choices=("before", "after"), help="the variant that runs cold (compiles first)"
+        "--first", default="before", choices=("before", "after", "eager"), help="the variant that runs first (cold)"
     )
     parser.add_argument("--variants", default="before,after", help="which paths, in this order (also: static, eager)")
     parser.add_argument("--profile", type=Path, help="also profile 16 decode steps; the timeline goes to this file")
@@ -192,7 +206,7 @@ def main() -> None:
     variants = [a.first, *[v for v in variants if v != a.first]] if a.first in variants else variants
     for repeat in range(a.repeats):
         for variant in variants:
-            result = run(variant, model, tokenizer, examples, template.stop_word, a.max_new_tokens)
+            result = run(variant, model, tokenizer, examples, template, a.max_new_tokens)
             result["repeat"] = repeat
             runs.append(result)
             shown = {k: v for k, v in result.items() if k != "answers"}
@@ -213,6 +227,8 @@ def main() -> None:
         "first_run_seconds": {r["variant"]: r["wall_seconds"] for r in runs[: len(variants)]},
         "tokens_per_second": {v: r["tokens_per_second"] for v, r in last.items()},
         "warm_seconds": {v: r["wall_seconds"] for v, r in last.items()},
+        "loss_seconds": {v: [r["loss_seconds"] for r in runs if r["variant"] == v] for v in variants if v != "before"},
+        "test_loss": {v: r["test_loss"] for v, r in last.items() if "test_loss" in r},
     }
     print("SUMMARY", json.dumps(summary), flush=True)
     if a.profile:

@@ -28,7 +28,7 @@ for part in "${parts[@]}"; do
     270m) (cold_caches 270m; FORGE_TORCH_LOGS=recompiles python bench/job_phases.py --shape gemma3-270m \
             --test-rows 40,200 --jobs cold,restarted,warm --prune --work /tmp/phases270m --port 8768 \
             --json /tmp/run/270m.json > /tmp/run/270m.log 2>&1) ;;
-    decode) (cold_caches decode; python bench/eval_speed.py --shape gemma3-270m --variants after,eager \
+    decode) (cold_caches decode; python bench/eval_speed.py --shape gemma3-270m --variants after,eager --first eager \
               --repeats 2 --profile /tmp/decode-trace.json --json /tmp/run/decode.json > /tmp/run/decode.log 2>&1) ;;
     decode-4b) (cold_caches decode4b; python bench/eval_speed.py --shape gemma3-4b --first after \
               --variants after,before,eager --repeats 2 --json /tmp/run/decode-4b.json > /tmp/run/decode-4b.log 2>&1) ;;
