@@ -48,11 +48,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+MAX_SEQ_LENGTH = 1024  # the model's, and the answer loss's cut, as a job's max_seq_length
 
 
 def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]:
@@ -74,7 +76,7 @@ def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         path = build(shape, work / "models" / shape, embedded.tokenizer_dir(cache), device=device)
     config = TrainingConfig.model_validate(
-        {"model": {"name": str(path), "max_seq_length": 1024}, "backend": backend_name}
+        {"model": {"name": str(path), "max_seq_length": MAX_SEQ_LENGTH}, "backend": backend_name}
     )
     template = TEMPLATES["gemma-3"]
     model, tokenizer = backend.load_model(str(path), config, template)
@@ -84,18 +86,19 @@ def load(shape: str, backend_name: str, work: Path) -> tuple[Any, Any, Any, Any]
     return backend, model, tokenizer, template
 
 
-def decoding(variant: str) -> Any:
+@contextlib.contextmanager
+def decoding(variant: str) -> Iterator[None]:
     """The context a variant generates in: unsloth_zoo's eager decode for `eager` (entered with grad off, as it
     asks: it stays off when entered with grad on), else none."""
-    stack = contextlib.ExitStack()
-    if variant == "eager":
-        import torch
-        from unsloth_zoo.temporary_patches.utils import eager_decode_active, unsloth_eager_decode
+    if variant != "eager":
+        yield
+        return
+    import torch
+    from unsloth_zoo.temporary_patches.utils import eager_decode_active, unsloth_eager_decode
 
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(unsloth_eager_decode())
+    with torch.inference_mode(), unsloth_eager_decode():
         assert eager_decode_active(), "unsloth_eager_decode did not switch on"
-    return stack
+        yield
 
 
 def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], template: Any, max_new: int) -> dict[str, Any]:
@@ -108,7 +111,12 @@ def run(variant: str, model: Any, tokenizer: Any, examples: list[Any], template:
         started = time.monotonic()
         with decoding(variant):
             scored = evaluation.answer_loss(
-                model, tokenizer, examples, template=template, max_length=1024, batch_size=generation.LOSS_BATCH
+                model,
+                tokenizer,
+                examples,
+                template=template,
+                max_length=MAX_SEQ_LENGTH,
+                batch_size=generation.LOSS_BATCH,
             )
         loss = {"loss_seconds": round(time.monotonic() - started, 2), "test_loss": scored["test_loss"]}
     started = time.monotonic()
